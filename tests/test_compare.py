@@ -1,0 +1,86 @@
+"""compare.py on synthetic logs: interpolation, 'not reached', speedups, refusals."""
+import json
+
+import pytest
+
+import compare
+
+
+def write_run(d, losses, flops_per_step=1e9, data_sha="abc", dynamics=None, step_every=10):
+    d.mkdir(parents=True)
+    with open(d / "log.jsonl", "w") as f:
+        for i, v in enumerate(losses):
+            s = i * step_every
+            f.write(json.dumps({"step": s, "tokens": s * 100, "flops": s * flops_per_step, "elapsed_s": s * 0.5,
+                                "val_loss": v, "episode_acc_before": 0.1, "episode_acc_after": 0.2}) + "\n")
+    meta = {"encoding": "cl100k_base", "vocab_size": 8192, "sources": [{"path": "x", "sha256": data_sha}]}
+    (d / "run.json").write_text(json.dumps({"data_meta": meta}))
+    if dynamics:
+        with open(d / "dynamics.jsonl", "w") as f:
+            for step, er, ent in dynamics:
+                f.write(json.dumps({"step": step, "er_act": er, "attn_entropy": ent}) + "\n")
+    return d
+
+
+def test_crossing_interpolates_between_evals():
+    log = [{"step": 0, "tokens": 0, "flops": 0, "elapsed_s": 0, "val_loss": 8.0},
+           {"step": 10, "tokens": 1000, "flops": 10.0, "elapsed_s": 5, "val_loss": 6.0},
+           {"step": 20, "tokens": 2000, "flops": 20.0, "elapsed_s": 10, "val_loss": 5.0}]
+    c = compare.crossing(log, 5.5)
+    assert c == {"step": 15.0, "tokens": 1500.0, "flops": 15.0, "elapsed_s": 7.5}
+    assert compare.crossing(log, 6.0)["step"] == 10
+    assert compare.crossing(log, 9.0)["step"] == 0
+    assert compare.crossing(log, 4.9) is None  # never extrapolated
+
+
+def test_speedup_arithmetic_and_not_reached(tmp_path):
+    van = write_run(tmp_path / "vanilla", [8, 7, 6, 5, 4.5])  # reaches 5.0 at step 30
+    met = write_run(tmp_path / "meta", [8, 6, 5, 4.8, 4.7], flops_per_step=1.5e9)  # 5.0 at step 20
+    summary = compare.main([str(van), str(met), "--targets", "5.0,4.6", "--out", str(tmp_path / "r" / "report.md")])
+    s_steps, s_flops = summary[(5.0, "meta")]
+    assert s_steps == pytest.approx(30 / 20) and s_flops == pytest.approx(30e9 / 30e9)
+    assert summary[(4.6, "meta")] == (None, None)
+    text = (tmp_path / "r" / "report.md").read_text()
+    assert "not reached" in text and "1.50x" in text
+    assert "| vanilla | 40 | 4.5000 | 90.0 |" in text
+
+
+def test_default_targets_are_crossed_by_every_run(tmp_path):
+    runs = [compare.load_run(write_run(tmp_path / "a", [9, 7, 5, 4])), compare.load_run(write_run(tmp_path / "b", [9, 6.5, 5.5, 4.5]))]
+    targets = compare.default_targets(runs)
+    assert len(targets) == 3 and max(targets) < 6.5 and min(targets) >= 4.5
+    assert all(compare.crossing(r["log"], t) for r in runs for t in targets)
+
+
+def test_runs_without_dynamics_or_ner_still_compare_and_with_them_summarise(tmp_path):
+    dyn = [(0, [2.0, 3.0], [[1.0, 1.0], [2.0, 2.0]]), (10, [5.0, 4.0], [[1.5, 1.5], [2.5, 2.5]]), (20, [3.0, 3.5], [[1.2, 1.2], [2.0, 2.0]])]
+    a = write_run(tmp_path / "a", [8, 7, 6], dynamics=dyn)
+    b = write_run(tmp_path / "b", [8, 6.5, 6])
+    ner = []
+    for name, f1 in (("a", 0.5), ("b", 0.53)):
+        p = tmp_path / f"r_{name}.json"
+        p.write_text(json.dumps({"results": {"da_ddt": {"f1": f1}}, "avg_f1": f1}))
+        ner.append(str(p))
+    compare.main([str(a), str(b), "--out", str(tmp_path / "plain.md")])
+    compare.main([str(a), str(b), "--ner", ",".join(ner), "--out", str(tmp_path / "full.md")])
+    text = (tmp_path / "full.md").read_text()
+    assert "| da_ddt | 50.00 | 53.00 | +3.00 |" in text
+    assert "| 0 | 10 / +3.00 / +2.00 |" in text  # layer 0 ER: peak at step 10, rise 3, fall 2
+    assert "| 1 | 10 / +0.50 / +0.50 |" in text  # layer 1 entropy: 2.0 -> 2.5 -> 2.0
+    summary = compare.dyn_summary([{"step": s, "er_act": e} for s, e, _ in dyn], lambda r: r["er_act"])
+    assert summary[1] == {"peak_step": 10, "rise": 1.0, "fall": 0.5}
+
+
+def test_refusals(tmp_path):
+    a = write_run(tmp_path / "a", [8, 7])
+    b = write_run(tmp_path / "b", [8, 7], data_sha="different")
+    with pytest.raises(SystemExit, match="different data"):
+        compare.main([str(a), str(b), "--out", str(tmp_path / "r.md")])
+    with pytest.raises(SystemExit, match="no log.jsonl"):
+        compare.main([str(a), str(tmp_path / "nothing"), "--out", str(tmp_path / "r.md")])
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "log.jsonl").write_text("")
+    with pytest.raises(SystemExit, match="no evaluations logged"):
+        compare.main([str(a), str(tmp_path / "empty"), "--out", str(tmp_path / "r.md")])
+    with pytest.raises(SystemExit, match="--ner: 1 files for 2 runs"):
+        compare.main([str(a), str(a), "--ner", "x.json", "--out", str(tmp_path / "r.md")])

@@ -1,0 +1,133 @@
+"""model.py: the decoder's defining properties."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch.func import functional_call
+
+import model
+from model import ModelArgs, Transformer, count_params, preset
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny(**kw):
+    args = dict(vocab_size=128, n_layer=2, n_head=4, n_kv_head=2, d_model=32, hidden_dim=128, block_size=64)
+    return ModelArgs(**{**args, **kw})
+
+
+def test_preset_counts_are_exact_and_match_the_paper_sizes():
+    expected = {"11m": 11.3e6, "65m": 64.5e6, "181m": 180.9e6, "570m": 569.4e6}
+    for name, approx in expected.items():
+        a = preset(name)
+        assert a.vocab_size == 100_352 and a.vocab_size % 64 == 0
+        d, hd = a.d_model, a.d_model // 12
+        per_layer = d * d * 2 + d * 4 * hd * 2 + 3 * d * 4 * d + 2 * d  # q,o + k,v + SwiGLU + norms
+        total, non_emb = count_params(a)
+        assert non_emb == 12 * per_layer + d
+        assert total == non_emb + 100_352 * d
+        assert abs(total - approx) / approx < 0.01
+
+
+def test_built_model_has_the_counted_parameters():
+    a = preset("11m")
+    m = Transformer(a)
+    assert sum(p.numel() for p in m.parameters()) == count_params(a)[0] == 11_258_208
+    assert m.lm_head.weight is m.tok_emb.weight  # tied embeddings
+
+
+def test_model_py_prints_one_line_per_preset():
+    out = subprocess.run([sys.executable, "model.py"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    lines = out.strip().splitlines()
+    assert len(lines) == 4
+    assert lines[0].split()[0] == "11m" and "11,258,208" in lines[0] and "1,624,416" in lines[0]
+
+
+def test_vocab_is_padded_and_unknown_preset_is_refused():
+    assert preset("11m", vocab_size=8192).vocab_size == 8192
+    assert preset("11m", vocab_size=8193).vocab_size % 64 == 0
+    with pytest.raises(ValueError, match="--size"):
+        preset("7b")
+
+
+def test_causal_future_tokens_do_not_change_the_past():
+    torch.manual_seed(0)
+    m = Transformer(tiny()).eval()
+    x = torch.randint(0, 128, (2, 16))
+    x2 = x.clone()
+    x2[:, 10:] = torch.randint(0, 128, (2, 6))
+    for explicit in (False, True):
+        kw = {"trace": {}} if explicit else {}
+        a, b = m(x, **kw)[0], m(x2, **kw)[0]
+        assert torch.allclose(a[:, :10], b[:, :10], atol=1e-5)
+        assert not torch.allclose(a[:, 10:], b[:, 10:], atol=1e-3)
+
+
+def test_gqa_equals_mha_with_repeated_kv_heads():
+    torch.manual_seed(0)
+    gqa = Transformer(tiny(n_kv_head=2)).eval()
+    mha = Transformer(tiny(n_kv_head=4)).eval()
+    sd = gqa.state_dict()
+    hd = 32 // 4
+    for k, v in list(sd.items()):
+        if k.endswith(("attn.k.weight", "attn.v.weight")):  # (n_kv*hd, d): repeat each kv head for its group
+            sd[k] = v.view(2, hd, 32).repeat_interleave(2, dim=0).reshape(4 * hd, 32)
+    mha.load_state_dict(sd)
+    x = torch.randint(0, 128, (2, 12))
+    assert torch.allclose(gqa(x)[0], mha(x)[0], atol=1e-5)
+
+
+def test_fast_and_explicit_attention_agree_and_probs_are_causal():
+    torch.manual_seed(0)
+    m = Transformer(tiny()).eval()
+    x = torch.randint(0, 128, (3, 20))
+    trace = {}
+    fast, explicit = m(x)[0], m(x, trace=trace)[0]
+    assert torch.allclose(fast, explicit, atol=1e-5)
+    for p in trace["attn"]:
+        assert p.shape == (3, 4, 20, 20)
+        assert torch.allclose(p.sum(-1), torch.ones(3, 4, 20), atol=1e-5)
+        assert (p.triu(diagonal=1) == 0).all()
+    assert len(trace["act"]) == 2 and trace["act"][0].shape == (3, 20, 32)
+
+
+def test_hidden_states_are_after_the_final_norm():
+    torch.manual_seed(0)
+    m = Transformer(tiny()).eval()
+    x = torch.randint(0, 128, (2, 8))
+    h = m(x, hidden=True)
+    assert h.shape == (2, 8, 32)
+    assert torch.allclose(h.pow(2).mean(-1), torch.ones(2, 8), atol=1e-2)  # RMSNorm with unit gain (eps aside)
+    assert torch.allclose(m.lm_head(h), m(x)[0], atol=1e-5)
+
+
+def test_functional_call_with_own_params_equals_forward():
+    torch.manual_seed(0)
+    m = Transformer(tiny()).eval()
+    x, y = torch.randint(0, 128, (2, 10)), torch.randint(0, 128, (2, 10))
+    params = dict(m.named_parameters())
+    logits, loss = functional_call(m, params, (x, y))
+    ref_logits, ref_loss = m(x, y)
+    assert torch.equal(logits, ref_logits) and torch.equal(loss, ref_loss)
+    h = functional_call(m, params, (x,), {"hidden": True})
+    assert torch.equal(h, m(x, hidden=True))
+
+
+def test_loss_at_init_is_near_uniform():
+    torch.manual_seed(0)
+    m = Transformer(tiny())
+    x = torch.randint(0, 128, (4, 16))
+    loss = m(x, torch.randint(0, 128, (4, 16)))[1].item()  # targets unrelated to inputs
+    assert abs(loss - torch.log(torch.tensor(128.0)).item()) < 0.3
+
+
+def test_flops_per_token_counts_backward_as_twice_forward():
+    a = preset("11m", vocab_size=8192)
+    total, non_emb = count_params(a)
+    fwd = model.flops_per_token(a, 256, backward=False)
+    assert fwd == 2 * total + 4 * 12 * 96 * 256
+    assert model.flops_per_token(a, 256) == 3 * fwd
+    assert model.flops_per_token(a, 256, backward=False, lm_head=False) == 2 * non_emb + 4 * 12 * 96 * 256
+    assert model.peak_flops("cpu") is None

@@ -1,0 +1,135 @@
+"""eval_ner.py: conlleval scoring, the UNER reader, sub-token alignment and an end-to-end probe."""
+import json
+import random
+
+import pytest
+
+import data
+import eval_ner as ner
+from conftest import NAMES, PLACES, THINGS, VERBS, run_train
+from eval_ner import NERError, score, spans
+
+
+def f1(gold, pred):
+    return score([gold], [pred])["f1"]
+
+
+def test_spans_follow_conlleval():
+    assert spans(["B-PER", "I-PER", "O", "B-LOC"]) == {("PER", 0, 2), ("LOC", 3, 4)}
+    assert spans(["I-ORG", "I-ORG", "O"]) == {("ORG", 0, 2)}  # an I- that starts a span starts an entity
+    assert spans(["B-PER", "I-LOC"]) == {("PER", 0, 1), ("LOC", 1, 2)}  # a type change starts a new one
+    assert spans(["B-PER", "B-PER"]) == {("PER", 0, 1), ("PER", 1, 2)}
+    assert spans(["O", "O"]) == set() and spans([]) == set()
+
+
+def test_scorer_hand_cases():
+    gold = ["B-PER", "I-PER", "O", "B-LOC"]
+    assert f1(gold, gold) == 1.0  # exact match
+    r = score([gold], [["B-ORG", "I-ORG", "O", "B-LOC"]])  # wrong type on one of two
+    assert (r["precision"], r["recall"]) == (0.5, 0.5)
+    assert r["per_type"]["PER"]["recall"] == 0.0 and r["per_type"]["ORG"]["precision"] == 0.0
+    assert r["per_type"]["LOC"]["f1"] == 1.0
+    r = score([gold], [["B-PER", "O", "O", "B-LOC"]])  # wrong right boundary
+    assert (r["n_gold"], r["n_pred"], r["precision"]) == (2, 2, 0.5)
+    assert f1(gold, ["I-PER", "I-PER", "O", "I-LOC"]) == 1.0  # I- starts count as starts
+    r = score([["O", "O"]], [["O", "O"]])  # empty: nothing to find, nothing found
+    assert (r["precision"], r["recall"], r["f1"], r["n_gold"]) == (0.0, 0.0, 0.0, 0)
+    r = score([gold, ["B-LOC"]], [gold, ["O"]])  # micro average over sentences
+    assert r["n_gold"] == 3 and r["recall"] == pytest.approx(2 / 3) and r["precision"] == 1.0
+
+
+def test_reader_handles_comments_oth_and_three_columns(tmp_path):
+    p = tmp_path / "x.iob2"
+    p.write_text("# sent_id = 1\n# text = Anna bor i Oslo\n1\tAnna\tB-PER\t-\tann\n2\tbor\tO\n3\ti\tB-O\n"
+                 "4\tOslo\tB-LOC\n\n1\tGoogle\tB-OTH\n2\tSearch\tI-OTH\n")
+    assert ner.read_iob2(p) == [(["Anna", "bor", "i", "Oslo"], ["B-PER", "O", "O", "B-LOC"]),
+                                (["Google", "Search"], ["O", "O"])]
+
+
+@pytest.mark.parametrize("line,err", [("1\tAnna\n", r"x.iob2:2: expected tab-separated"),
+                                      ("1\tAnna\tB-MISC\n", r"x.iob2:2: unknown tag 'B-MISC'")])
+def test_reader_names_file_and_line_of_a_malformed_line(tmp_path, line, err):
+    p = tmp_path / "x.iob2"
+    p.write_text("1\tHej\tO\n" + line)
+    with pytest.raises(NERError, match=err):
+        ner.read_iob2(p)
+
+
+def test_label_goes_on_the_first_subtoken(tmp_path):
+    meta = {"eot_id": 100257, "mask_id": 100277, "unk_id": None, "vocab_map": None}
+    tok = data.Tokenizer(meta)
+    words, tags = ["Kjeld", "Christensen", "visited", "Copenhagen"], ["B-PER", "I-PER", "O", "B-LOC"]
+    ids, labels, kept = ner.align(words, tags, tok, max_len=128)
+    pieces = [len(tok.encode(w if i == 0 else " " + w)) for i, w in enumerate(words)]
+    assert max(pieces) > 1 and len(ids) == len(labels) == sum(pieces) and kept == 4
+    starts = [sum(pieces[:i]) for i in range(4)]
+    assert [labels[s] for s in starts] == [1, 2, 0, 5]
+    assert all(l == -100 for i, l in enumerate(labels) if i not in starts)
+    ids, labels, kept = ner.align(words, tags, tok, max_len=pieces[0] + 1)  # truncation
+    assert len(ids) == pieces[0] + 1 and kept == 2
+
+
+def write_uner(root, seed):
+    """A toy UNER set from our own sentences: names are PER, cities LOC."""
+    rng = random.Random(seed)
+    for split, n in (("train", 200), ("dev", 40), ("test", 40)):
+        lines = []
+        for s in range(n):
+            words = [(rng.choice(NAMES), "B-PER"), (rng.choice(VERBS), "O"), ("the", "O"), (rng.choice(THINGS), "O"),
+                     ("in", "O"), (rng.choice(PLACES), "B-LOC"), (".", "O")]
+            if s % 3 == 0:
+                words = words[3:5] + words[:3] + words[5:]
+            lines += [f"# sent_id = {split}-{s}"] + [f"{i + 1}\t{w}\t{t}" for i, (w, t) in enumerate(words)] + [""]
+        (root / "toy").mkdir(parents=True, exist_ok=True)
+        (root / "toy" / f"{split}.iob2").write_text("\n".join(lines) + "\n")
+    (root / "testonly").mkdir(exist_ok=True)
+    (root / "testonly" / "test.iob2").write_text((root / "toy" / "test.iob2").read_text())
+
+
+@pytest.fixture(scope="module")
+def ckpt(data_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ner_ckpt")
+    # an untrained backbone: its features still tell tokens apart, which is all a probe test needs
+    # (after a few steps a tiny model's top layer collapses towards the unigram direction)
+    run_train(data_dir, out, "--max-steps", 0, "--dynamics-every", 0)
+    return out / "ckpt.pt"
+
+
+def test_head_probe_learns_the_toy_set_and_writes_its_outputs(ckpt, tmp_path):
+    write_uner(tmp_path / "uner", 0)
+    base = ["--ckpt", str(ckpt), "--uner-dir", str(tmp_path / "uner"), "--train", "toy", "--device", "cpu"]
+    untrained = ner.run(ner.parse(base + ["--epochs", "0"]))[0]["toy"]["f1"]  # a random head
+    ner.main(base + ["--epochs", "5", "--head-lr", "1e-2", "--out", str(tmp_path / "r.json"), "--pred-dir", str(tmp_path / "pred")])
+    r = json.loads((tmp_path / "r.json").read_text())
+    assert set(r) == {"ckpt", "mode", "train", "results", "avg_f1"} and r["train"] == ["toy"]
+    assert set(r["results"]) == {"toy", "testonly"}  # test-only sets are evaluated too
+    toy = r["results"]["toy"]
+    assert {"precision", "recall", "f1", "n_gold", "n_pred", "per_type"} <= set(toy) and toy["n_gold"] == 80
+    assert toy["f1"] > 0.8 and toy["f1"] > untrained + 0.5
+    rows = (tmp_path / "pred" / "toy.conll").read_text().split("\n\n")
+    first = rows[0].splitlines()
+    assert len(first) == 7 and all(len(line.split()) == 3 for line in first)
+    assert score([[l.split()[1] for l in first]], [[l.split()[2] for l in first]])["n_gold"] == 2
+
+
+def test_full_mode_fine_tunes_the_backbone(ckpt, tmp_path):
+    import torch
+    write_uner(tmp_path / "uner", 1)
+    a = ner.parse(["--ckpt", str(ckpt), "--uner-dir", str(tmp_path / "uner"), "--train", "toy", "--device", "cpu",
+                   "--mode", "full", "--epochs", "1", "--lr", "1e-3"])
+    before = torch.load(ckpt, weights_only=False)["model"]
+    model, tok = ner.load_checkpoint(a.ckpt, "cpu")
+    items = ner.encode_set(ner.read_iob2(tmp_path / "uner" / "toy" / "train.iob2"), tok, 128)
+    ner.probe(model, items, [], a, tok.eot, "cpu")
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_user_errors_are_one_line(ckpt, tmp_path):
+    write_uner(tmp_path / "uner", 2)
+    cases = [(["--ckpt", str(tmp_path / "none.pt"), "--uner-dir", str(tmp_path / "uner"), "--train", "toy"], "--ckpt .*not found"),
+             (["--ckpt", str(ckpt), "--uner-dir", str(tmp_path / "uner"), "--train", "xx_yy"], "--train xx_yy: no train file"),
+             (["--ckpt", str(ckpt), "--uner-dir", str(tmp_path / "nope"), "--train", "toy"], "--uner-dir .*no such directory"),
+             (["--ckpt", str(ckpt), "--train", "toy"], "--uner-dir DIR .* or --download")]
+    for argv, err in cases:
+        with pytest.raises(SystemExit, match=err):
+            ner.main(argv + ["--device", "cpu"])

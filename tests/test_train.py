@@ -1,0 +1,71 @@
+"""train.py: determinism, resume, the log's contract, and the errors a user sees."""
+import argparse
+
+import pytest
+import torch
+
+import train
+from conftest import run_train
+
+LOSSES = ("train_loss", "val_loss")
+LOG_FIELDS = {"step", "tokens", "flops", "elapsed_s", "train_loss", "val_loss", "lr", "ar_ms",
+              "episode_acc_before", "episode_acc_after"}
+
+
+def test_same_seed_same_losses_and_a_different_seed_differs(data_dir, tmp_path):
+    a = run_train(data_dir, tmp_path / "a", "--max-steps", 6, "--eval-every", 3, "--dynamics-every", 0)
+    b = run_train(data_dir, tmp_path / "b", "--max-steps", 6, "--eval-every", 3, "--dynamics-every", 0)
+    c = run_train(data_dir, tmp_path / "c", "--max-steps", 6, "--eval-every", 3, "--dynamics-every", 0, "--seed", 7)
+    assert [[r[k] for k in LOSSES] for r in a] == [[r[k] for k in LOSSES] for r in b]
+    assert a[-1]["train_loss"] != c[-1]["train_loss"]
+
+
+def test_log_rows_have_the_documented_fields(data_dir, tmp_path):
+    rows = run_train(data_dir, tmp_path, "--max-steps", 6, "--eval-every", 3)
+    assert [r["step"] for r in rows] == [0, 3, 6]
+    for r in rows:
+        assert LOG_FIELDS <= set(r)
+    assert rows[-1]["tokens"] == 6 * 4 * 32
+    assert rows[-1]["flops"] > rows[1]["flops"] > 0 and rows[-1]["ar_ms"] > 0
+    assert rows[-1]["val_loss"] < rows[0]["val_loss"]  # it learns something in 6 steps
+    ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=False)
+    assert {"model", "optimizer", "model_args", "step", "rng", "state", "config", "data_meta"} <= set(ckpt)
+    assert ckpt["step"] == 6 and ckpt["state"]["lm_pos"] == 6 and ckpt["config"]["max_steps"] == 6
+
+
+def test_resume_reproduces_the_uninterrupted_run(data_dir, tmp_path):
+    full = run_train(data_dir, tmp_path / "full", "--max-steps", 8, "--eval-every", 4)
+    run_train(data_dir, tmp_path / "half", "--max-steps", 4, "--decay-steps", 8, "--eval-every", 4)
+    resumed = run_train(data_dir, tmp_path / "half", "--resume", "--max-steps", 8)
+    assert [r["step"] for r in resumed] == [0, 4, 8]  # appended to, not restarted
+    assert [resumed[-1][k] for k in LOSSES] == [full[-1][k] for k in LOSSES]  # bit-identical
+    a = torch.load(tmp_path / "full" / "ckpt.pt", weights_only=False)["model"]
+    b = torch.load(tmp_path / "half" / "ckpt.pt", weights_only=False)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_lr_schedule_warms_up_then_decays_to_the_floor():
+    a = argparse.Namespace(lr=1e-3, warmup_steps=10, max_steps=110, decay_steps=None, min_lr_frac=0.1)
+    assert train.lr_at(0, a) == pytest.approx(1e-4)
+    assert train.lr_at(9, a) == pytest.approx(1e-3)
+    assert train.lr_at(60, a) == pytest.approx(0.55e-3)
+    assert train.lr_at(110, a) == pytest.approx(1e-4) == train.lr_at(500, a)
+
+
+def test_batches_are_a_function_of_seed_and_position():
+    import numpy as np
+    tokens = np.arange(1000, dtype=np.uint16)
+    x1, y1 = train.get_batch(tokens, 4, 8, 1, 0, 5, "cpu")
+    x2, _ = train.get_batch(tokens, 4, 8, 1, 0, 5, "cpu")
+    x3, _ = train.get_batch(tokens, 4, 8, 1, 0, 6, "cpu")
+    assert torch.equal(x1, x2) and not torch.equal(x1, x3)
+    assert torch.equal(y1[:, :-1], x1[:, 1:])  # targets are inputs shifted by one
+
+
+def test_user_errors_are_one_line(data_dir, tmp_path):
+    with pytest.raises(SystemExit, match="--resume: .*ckpt.pt not found"):
+        run_train(data_dir, tmp_path / "nothing", "--resume")
+    with pytest.raises(SystemExit, match=r"meta.json not found; prepare the data first: python data.py"):
+        run_train(tmp_path / "no-data", tmp_path / "out")
+    with pytest.raises(SystemExit, match="--block-size must be smaller"):
+        run_train(data_dir, tmp_path / "out", "--block-size", 100000)

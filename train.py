@@ -1,0 +1,297 @@
+"""
+Pretrain a Llama-style decoder with next-token prediction, optionally mixed with first-order
+MAML episodes (--meta), on one GPU or CPU. No Trainer class: the loop is below, top to bottom.
+
+    python train.py --size 11m                       # GPU, paper defaults, TinyStories
+    python train.py --meta --size 11m                # the same, half the steps are meta steps
+    python train.py --data-dir data/enwiki8k --out-dir out/vanilla --size 11m --device cpu \
+        --max-steps 300 --batch-size 16 --block-size 256 --lr 2e-3 --warmup-steps 30
+
+Batches are pure functions of (seed, position): the LM stream, the val batches, the meta coin
+and the episodes each draw from their own counter, so a run is reproducible, resumable, and a
+meta run sees exactly the LM batches of the vanilla run with the same seed, in the same order.
+"""
+import argparse
+import json
+import math
+import os
+import random
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+import data as datalib
+import dynamics
+import meta as metalib
+from model import PRESETS, ModelArgs, Transformer, count_params, flops_per_token, peak_flops, preset
+
+STREAM_LM, STREAM_VAL, STREAM_COIN, STREAM_PROBE = 0, 1, 2, 4  # (meta.py uses 3 and 5)
+VAL_SEED = 1234  # val batches are the same for every run, whatever its --seed
+
+
+def get_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group("data and output")
+    g.add_argument("--data-dir", default=None, help="prepared by data.py (default: data/tinystories, made if missing)")
+    g.add_argument("--out-dir", default="out", help="ckpt.pt, log.jsonl and dynamics.jsonl go here")
+    g.add_argument("--resume", action="store_true", help="continue from OUT/ckpt.pt (flags given again override)")
+    g = p.add_argument_group("model and optimisation")
+    g.add_argument("--size", default="11m", choices=list(PRESETS), help="pico-decoder preset")
+    g.add_argument("--max-steps", type=int, default=20000)
+    g.add_argument("--batch-size", type=int, default=32)
+    g.add_argument("--block-size", type=int, default=512, help="tokens per LM sequence")
+    g.add_argument("--lr", type=float, default=3e-4, help="peak AdamW learning rate")
+    g.add_argument("--min-lr-frac", type=float, default=0.1, help="cosine decay ends at this fraction of --lr")
+    g.add_argument("--warmup-steps", type=int, default=1000, help="linear warmup")
+    g.add_argument("--decay-steps", type=int, default=None, help="length of the cosine decay (default --max-steps)")
+    g.add_argument("--weight-decay", type=float, default=0.1)
+    g.add_argument("--grad-clip", type=float, default=1.0)
+    g = p.add_argument_group("evaluation and logging")
+    g.add_argument("--eval-every", type=int, default=500, help="val loss, log.jsonl line and checkpoint")
+    g.add_argument("--eval-batches", type=int, default=20, help="fixed val batches per eval")
+    g.add_argument("--eval-episodes", type=int, default=4, help="fixed val episodes per eval (vanilla too)")
+    g.add_argument("--log-every", type=int, default=10, help="one printed line per this many steps")
+    g.add_argument("--dynamics-every", type=int, default=None,
+                   help="effective rank / head entropy cadence (default: every eval; 0 = off)")
+    g = p.add_argument_group("hardware")
+    g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                   help="auto: bfloat16 autocast on GPUs that support it, else float32")
+    g.add_argument("--compile", action="store_true", help="torch.compile the model for LM steps")
+    g.add_argument("--seed", type=int, default=1337)
+    metalib.add_args(p)
+    args = p.parse_args(argv)
+    args.given = {a.split("=")[0][2:].replace("-", "_") for a in (argv if argv is not None else sys.argv[1:])
+                  if a.startswith("--")}
+    return args
+
+
+def lr_at(step, a):
+    """Linear warmup to --lr, then cosine decay to --min-lr-frac * lr over --decay-steps."""
+    if step < a.warmup_steps:
+        return a.lr * (step + 1) / a.warmup_steps
+    decay = a.decay_steps or a.max_steps
+    t = min(1.0, (step - a.warmup_steps) / max(1, decay - a.warmup_steps))
+    return a.lr * (a.min_lr_frac + (1 - a.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def get_batch(tokens, B, T, seed, stream, pos, device):
+    """Batch number `pos` of a stream: B random windows of T+1 tokens, inputs and shifted targets."""
+    rng = np.random.default_rng([seed, stream, pos])
+    starts = rng.integers(0, len(tokens) - T - 1, size=B)
+    xy = torch.from_numpy(np.stack([tokens[s : s + T + 1].astype(np.int64) for s in starts]))  # (B, T+1)
+    xy = xy.to(device, non_blocking=True)
+    return xy[:, :-1], xy[:, 1:]  # (B, T) each
+
+
+@torch.no_grad()
+def val_loss(model, val, a, device, ctx):
+    model.eval()
+    losses = []
+    for i in tqdm(range(a.eval_batches), desc="eval", leave=False):
+        x, y = get_batch(val, a.batch_size, a.block_size, VAL_SEED, STREAM_VAL, i, device)
+        with ctx:
+            losses.append(model(x, y)[1].item())
+    model.train()
+    return float(np.mean(losses))
+
+
+def save_checkpoint(path, obj):
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)  # atomic: a crash mid-write never leaves a half checkpoint
+
+
+def rng_state():
+    s = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        s["cuda"] = torch.cuda.get_rng_state_all()
+    return s
+
+
+def set_rng_state(s):
+    torch.set_rng_state(s["torch"])
+    np.random.set_state(s["numpy"])
+    random.setstate(s["python"])
+    if "cuda" in s and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
+
+
+def main(argv=None):
+    a = get_args(argv)
+    out = Path(a.out_dir)
+    ckpt = None
+    if a.resume:
+        if not (out / "ckpt.pt").exists():
+            sys.exit(f"train.py: error: --resume: {out / 'ckpt.pt'} not found; train without --resume first")
+        ckpt = torch.load(out / "ckpt.pt", map_location="cpu", weights_only=False)
+        saved = ckpt["config"]  # the saved run's flags, except those given again now
+        a = argparse.Namespace(**{**saved, **{k: getattr(a, k) for k in a.given}, "resume": True, "given": a.given})
+
+    # ---- data
+    if a.data_dir is None:
+        a.data_dir = "data/tinystories"
+        if not (Path(a.data_dir) / "meta.json").exists():
+            print(f"no --data-dir given and {a.data_dir} is empty: preparing the default corpus (TinyStories) there")
+            try:
+                datalib.prepare(datalib.TINYSTORIES, a.data_dir)
+            except datalib.DataError as e:
+                sys.exit(f"data.py: error: {e}")
+    try:
+        dmeta = datalib.load_meta(a.data_dir)
+    except datalib.DataError as e:
+        sys.exit(f"train.py: error: --data-dir: {e}")
+    if ckpt and ckpt["data_meta"]["sources"] != dmeta["sources"]:
+        sys.exit(f"train.py: error: --resume: {a.data_dir} is not the data the checkpoint was trained on")
+    train_tok = np.memmap(Path(a.data_dir) / "train.bin", dtype=dmeta["dtype"], mode="r")
+    val_tok = np.memmap(Path(a.data_dir) / "val.bin", dtype=dmeta["dtype"], mode="r")
+    for name, arr in (("train", train_tok), ("val", val_tok)):
+        if len(arr) <= a.block_size + 1:
+            sys.exit(f"train.py: error: {a.data_dir}/{name}.bin has {len(arr)} tokens; --block-size must be smaller")
+
+    # ---- hardware
+    device = "cuda" if a.device == "auto" and torch.cuda.is_available() else ("cpu" if a.device == "auto" else a.device)
+    if device == "cuda" and not torch.cuda.is_available():
+        sys.exit("train.py: error: --device cuda: no CUDA device is visible; use --device cpu")
+    dtype = a.dtype
+    if dtype == "auto":
+        dtype = "bfloat16" if device == "cuda" and torch.cuda.is_bf16_supported() else "float32"
+    ctx = nullcontext() if dtype == "float32" else torch.autocast(device, dtype=torch.bfloat16)
+    if device == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+    # ---- model and optimiser
+    torch.manual_seed(a.seed)
+    margs = ModelArgs(**ckpt["model_args"]) if ckpt else preset(a.size, dmeta["vocab_size"], a.block_size)
+    model = Transformer(margs).to(device)
+    decay = [p for p in model.parameters() if p.dim() >= 2]  # matrices decay; norm gains do not
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": a.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+                            lr=a.lr, betas=(0.9, 0.95), fused=device == "cuda")
+    state = {"step": 0, "lm_pos": 0, "meta_pos": 0, "tokens": 0, "flops": 0.0, "elapsed_s": 0.0}
+    if ckpt:
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        state = ckpt["state"]
+        set_rng_state(ckpt["rng"])
+    lm_model = torch.compile(model) if a.compile else model  # meta steps use the plain module (torch.func)
+
+    total, non_emb = count_params(margs)
+    lm_tokens = a.batch_size * a.block_size
+    lm_flops = flops_per_token(margs, a.block_size) * lm_tokens
+    peak = peak_flops(device)
+    episodes = metalib.Episodes(a, Path(a.data_dir), dmeta, train_tok, val_tok)  # val episodes for every run
+    print(f"model {a.size}: {total:,} parameters ({non_emb:,} non-embedding), vocab {margs.vocab_size:,}")
+    print(f"device {device}, dtype {dtype}, compile {a.compile}, seed {a.seed}")
+    print(f"tokens per LM step: {lm_tokens:,} ({a.batch_size} x {a.block_size}), {lm_flops:.3g} FLOPs")
+    if a.meta:
+        print(f"meta: {a.hybrid_ratio:.0%} of steps; {episodes.describe()}")
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "run.json").write_text(json.dumps({  # what compare.py needs without loading a checkpoint
+        "config": {k: v for k, v in vars(a).items() if k != "given"}, "data_meta": dmeta,
+        "model_args": vars(margs), "params": total, "non_embedding_params": non_emb}, indent=2, default=str))
+    dyn = None
+    if a.dynamics_every != 0:  # one fixed val batch, drawn once and then carried in the checkpoint
+        probe = (ckpt or {}).get("dynamics_probe") or get_batch(
+            val_tok, min(4, a.batch_size), a.block_size, a.seed, STREAM_PROBE, 0, "cpu")
+        dyn = dynamics.Recorder(a.dynamics_every or a.eval_every, tuple(t.to(device) for t in probe),
+                                out / "dynamics.jsonl", ctx, fresh=not a.resume)
+    log_path = out / "log.jsonl"
+    if not a.resume and log_path.exists():
+        log_path.unlink()  # a fresh run starts a fresh log
+    win = {"lm_ms": [], "meta_ms": [], "lm_loss": [], "sup_acc": [], "qry_acc": [], "meta_loss": []}
+
+    def evaluate():
+        row = {"step": state["step"], "tokens": state["tokens"], "flops": state["flops"],
+               "elapsed_s": round(state["elapsed_s"], 3),
+               "train_loss": float(np.mean(win["lm_loss"])) if win["lm_loss"] else None,
+               "val_loss": val_loss(lm_model, val_tok, a, device, ctx), "lr": lr_at(state["step"], a),
+               "ar_ms": float(np.mean(win["lm_ms"])) if win["lm_ms"] else None,
+               "meta_ms": float(np.mean(win["meta_ms"])) if win["meta_ms"] else None,
+               "meta_steps": state["meta_pos"], "lm_steps": state["lm_pos"],
+               "meta_loss": float(np.mean(win["meta_loss"])) if win["meta_loss"] else None,
+               "support_acc": float(np.mean(win["sup_acc"])) if win["sup_acc"] else None,
+               "query_acc": float(np.mean(win["qry_acc"])) if win["qry_acc"] else None}
+        row |= episodes.evaluate(model, device, ctx)  # episode_acc_before / _after on fixed val episodes
+        with open(log_path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        tqdm.write(f"eval step {row['step']}: val loss {row['val_loss']:.4f} (ppl {math.exp(row['val_loss']):.1f}), "
+                   f"val episodes acc {row['episode_acc_before']:.3f} -> {row['episode_acc_after']:.3f}")
+        save_checkpoint(out / "ckpt.pt", {
+            "model": model.state_dict(), "optimizer": opt.state_dict(), "model_args": vars(margs),
+            "step": state["step"], "state": dict(state), "rng": rng_state(), "data_meta": dmeta,
+            "config": {k: v for k, v in vars(a).items() if k != "given"}, "vocab_map": episodes.tok.old_of_new,
+            "dynamics_probe": tuple(t.cpu() for t in dyn.probe) if dyn else None})
+        for v in win.values():
+            v.clear()
+
+    if not a.resume:
+        if dyn:
+            dyn.measure(model, 0)
+        evaluate()
+    bar = tqdm(range(state["step"], a.max_steps), initial=state["step"], total=a.max_steps, desc="train")
+    for _ in bar:
+        lr = lr_at(state["step"], a)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        t0 = time.perf_counter()
+        coin = np.random.default_rng([a.seed, STREAM_COIN, state["step"]]).random()
+        if a.meta and coin < a.hybrid_ratio:  # a first-order MAML step on one episode
+            ep = episodes.train_episode(state["meta_pos"], device)
+            with ctx:
+                loss, stats = metalib.meta_step(model, ep, a)
+            state["meta_pos"] += 1
+            state["tokens"] += ep["tokens"]
+            state["flops"] += episodes.step_flops(margs)
+            kind = "meta"
+        else:  # a plain next-token step
+            x, y = get_batch(train_tok, a.batch_size, a.block_size, a.seed, STREAM_LM, state["lm_pos"], device)
+            with ctx:
+                loss = lm_model(x, y)[1]
+            loss.backward()
+            state["lm_pos"] += 1
+            state["tokens"] += lm_tokens
+            state["flops"] += lm_flops
+            kind = "lm"
+        if a.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), a.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        loss = loss.item()  # also waits for the GPU, so the timing below is honest
+        dt = time.perf_counter() - t0
+        state["step"] += 1
+        state["elapsed_s"] += dt
+        if kind == "meta":
+            win["meta_ms"].append(1000 * dt)
+            win["meta_loss"].append(loss)
+            win["sup_acc"].append(stats["support_acc"])
+            win["qry_acc"].append(stats["query_acc"])
+        else:
+            win["lm_ms"].append(1000 * dt)
+            win["lm_loss"].append(loss)
+        if state["step"] % a.log_every == 0 or state["step"] == a.max_steps:
+            msg = f"step {state['step']:>6} {kind:>4} loss {loss:.4f} lr {lr:.2e} {1000 * dt:7.1f} ms/step"
+            if kind == "lm":
+                msg += f" {lm_tokens / dt:9,.0f} tok/s"
+                if peak:
+                    msg += f" MFU {lm_flops / dt / peak:.1%}"
+            tqdm.write(msg)
+        bar.set_postfix(loss=f"{loss:.3f}", kind=kind)
+        if dyn and dyn.due(state["step"]):
+            dyn.measure(model, state["step"])  # before evaluate(), so the checkpoint follows it
+        if state["step"] % a.eval_every == 0 or state["step"] == a.max_steps:
+            evaluate()
+    bar.close()
+    print(f"done: {state['step']} steps ({state['lm_pos']} LM, {state['meta_pos']} meta), "
+          f"{state['tokens']:,} tokens, {state['flops']:.3g} FLOPs, {state['elapsed_s']:.1f} s; log in {log_path}")
+
+
+if __name__ == "__main__":
+    main()
