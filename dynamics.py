@@ -12,6 +12,7 @@ head that attends uniformly to its q+1 visible keys has ln(q+1), a head that loo
 token has 0; dividing by ln(q+1) makes positions (and heads) comparable on [0, 1].
 """
 import json
+import time
 
 import torch
 from tqdm import tqdm
@@ -79,8 +80,10 @@ class Recorder:
     def measure(self, model, step):
         was_training = model.training
         model.eval()
+        t0 = time.perf_counter()
         with self.ctx:
             row = {"step": step, **measure(model, *self.probe)}
+        row["measure_ms"] = 1000 * (time.perf_counter() - t0)  # what the instruments cost
         model.train(was_training)
         with open(self.path, "a") as f:
             f.write(json.dumps(row) + "\n")

@@ -38,12 +38,16 @@ def add_args(p):
     g.add_argument("--meta", action="store_true", help="mix first-order MAML steps into pretraining")
     g.add_argument("--hybrid-ratio", type=float, default=0.5, help="fraction of steps that are meta steps")
     g.add_argument("--task", default="smlmt", choices=["smlmt", "lm"], help="episode kind")
-    g.add_argument("--n-way", type=int, default=32, help="SMLMT classes (word types) per episode")
+    g.add_argument("--n-way", type=int, default=None,
+                   help="SMLMT classes per episode (default: as many as make one LM batch of tokens, at most "
+                        "32, the paper's; 32 at the default batch of 32 x 512)")
     g.add_argument("--k-shot", type=int, default=4, help="support windows per class (lm: support sequences)")
     g.add_argument("--n-query", type=int, default=4, help="query windows per class (lm: query sequences)")
     g.add_argument("--episode-len", type=int, default=64, help="tokens per episode window")
     g.add_argument("--inner-steps", type=int, default=10)
     g.add_argument("--inner-lr", type=float, default=0.01)
+    g.add_argument("--meta-weight", type=float, default=1.0,
+                   help="scale of the query loss in a meta step (the optimiser's moments are shared with LM steps)")
     g.add_argument("--inner-params", default=None,
                    help="what adapts: head, top-K (last K blocks + head) or all (default: head; lm: top-1)")
     g.add_argument("--skip-top-words", type=int, default=100, help="SMLMT: skip the N most frequent token types")
@@ -92,14 +96,15 @@ def features(model, params, x):
 def episode_losses(model, ep, a, names, seen):
     """The support loss of a fast-weight dict, the starting fast weights, and a function giving
     the query logits and targets for fast weights. Shared by training and evaluation. The
-    support loss records its accuracy in `seen` (so no extra pass is needed to report it)."""
+    support loss keeps its last logits in `seen`, so reporting support accuracy needs no extra
+    pass (and no host sync inside the inner loop)."""
     params = dict(model.named_parameters())
 
     def backbone(fast):
         return {**params, **{n: w for n, w in fast.items() if not n.startswith("head.")}}
 
     def scored(logits, y):
-        seen["support_acc"] = accuracy(logits.detach(), y)
+        seen["support_logits"] = logits.detach()
         return F.cross_entropy(logits.flatten(0, -2).float(), y.flatten())
 
     if a.task == "lm":
@@ -116,7 +121,7 @@ def episode_losses(model, ep, a, names, seen):
     def head(f, fast):
         return f.float() @ fast["head.w"].T + fast["head.b"]  # (n, N)
 
-    def support_loss(fast):  # backbone frozen: loop over the cached features, no backbone pass
+    def support_loss(fast):  # head only: loop over the cached features, no backbone pass
         f = fs if not names else features(model, backbone(fast), ep["xs"])
         return scored(head(f, fast), ep["ys"])
 
@@ -131,13 +136,14 @@ def meta_step(model, ep, a):
     """One FOMAML step: adapt on the support set, then backpropagate the query loss of the adapted
     weights. Leaves the meta-gradient in the .grad of the model's parameters. support_acc is
     measured at the last inner step."""
-    seen = {"support_acc": float("nan")}
+    seen = {}
     support_loss, fast, query = episode_losses(model, ep, a, adapted_names(model, a.inner_params), seen)
     fast = inner_loop(support_loss, fast, a.inner_steps, a.inner_lr)
     logits, y = query(fast)
     loss = F.cross_entropy(logits.flatten(0, -2).float(), y.flatten())
-    loss.backward()  # grad L_Q(phi_n) lands on theta: the first-order meta-gradient
-    return loss.detach(), {"support_acc": seen["support_acc"], "query_acc": accuracy(logits.detach(), y)}
+    (a.meta_weight * loss).backward()  # grad L_Q(phi_n) lands on theta: the first-order meta-gradient
+    s_acc = accuracy(seen["support_logits"], ep["ys"]) if seen else float("nan")  # nan: no inner steps
+    return loss.detach(), {"support_acc": s_acc, "query_acc": accuracy(logits.detach(), y)}
 
 
 # ----------------------------------------------------------------------------- episodes
@@ -162,6 +168,13 @@ def occurrence_index(tokens, types):
     return offsets, pos
 
 
+def default_n_way(a):
+    """Support + query tokens ~ one LM batch, so a meta step and an LM step see as many tokens;
+    capped at the paper's 32 (which the default batch of 32 x 512 gives exactly)."""
+    per_class = (a.k_shot + a.n_query) * a.episode_len
+    return int(min(32, max(2, round(a.batch_size * a.block_size / per_class))))
+
+
 class Episodes:
     """Samples training episodes from the train split (seeded by their number, so resuming and
     the LM stream are unaffected) and holds a fixed set of val episodes scored at every eval."""
@@ -177,6 +190,8 @@ class Episodes:
         self.a, self.tok = a, datalib.Tokenizer(dmeta, data_dir)
         self.splits = {"train": train_tok, "val": val_tok}
         self.n_per = a.k_shot + a.n_query
+        if a.n_way is None:
+            a.n_way = default_n_way(a)
         if a.task == "smlmt":
             self.index = {s: self._smlmt_index(data_dir, dmeta, s) for s in self.splits}
         else:  # documents long enough for K + Q sequences

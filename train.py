@@ -54,7 +54,7 @@ def get_args(argv=None):
     g = p.add_argument_group("evaluation and logging")
     g.add_argument("--eval-every", type=int, default=500, help="val loss, log.jsonl line and checkpoint")
     g.add_argument("--eval-batches", type=int, default=20, help="fixed val batches per eval")
-    g.add_argument("--eval-episodes", type=int, default=4, help="fixed val episodes per eval (vanilla too)")
+    g.add_argument("--eval-episodes", type=int, default=16, help="fixed val episodes per eval (vanilla too)")
     g.add_argument("--log-every", type=int, default=10, help="one printed line per this many steps")
     g.add_argument("--dynamics-every", type=int, default=None,
                    help="effective rank / head entropy cadence (default: every eval; 0 = off)")
@@ -146,7 +146,8 @@ def main(argv=None):
         dmeta = datalib.load_meta(a.data_dir)
     except datalib.DataError as e:
         sys.exit(f"train.py: error: --data-dir: {e}")
-    if ckpt and ckpt["data_meta"]["sources"] != dmeta["sources"]:
+    shas = lambda m: [s["sha256"] for s in m["sources"]]
+    if ckpt and shas(ckpt["data_meta"]) != shas(dmeta):
         sys.exit(f"train.py: error: --resume: {a.data_dir} is not the data the checkpoint was trained on")
     train_tok = np.memmap(Path(a.data_dir) / "train.bin", dtype=dmeta["dtype"], mode="r")
     val_tok = np.memmap(Path(a.data_dir) / "val.bin", dtype=dmeta["dtype"], mode="r")
@@ -208,6 +209,10 @@ def main(argv=None):
         log_path.unlink()  # a fresh run starts a fresh log
     win = {"lm_ms": [], "meta_ms": [], "lm_loss": [], "sup_acc": [], "qry_acc": [], "meta_loss": []}
 
+    def diverged(what, value, step):
+        sys.exit(f"train.py: error: {what} is {value} at step {step}; {out / 'ckpt.pt'} still holds the last good "
+                 "eval. Lower --lr, raise --warmup-steps or use --dtype float32, then --resume")
+
     def evaluate():
         row = {"step": state["step"], "tokens": state["tokens"], "flops": state["flops"],
                "elapsed_s": round(state["elapsed_s"], 3),
@@ -219,6 +224,8 @@ def main(argv=None):
                "meta_loss": float(np.mean(win["meta_loss"])) if win["meta_loss"] else None,
                "support_acc": float(np.mean(win["sup_acc"])) if win["sup_acc"] else None,
                "query_acc": float(np.mean(win["qry_acc"])) if win["qry_acc"] else None}
+        if not math.isfinite(row["val_loss"]):  # never overwrite the last good checkpoint with a broken model
+            diverged("val loss", row["val_loss"], state["step"])
         row |= episodes.evaluate(model, device, ctx)  # episode_acc_before / _after on fixed val episodes
         with open(log_path, "a") as f:
             f.write(json.dumps(row) + "\n")
@@ -260,11 +267,12 @@ def main(argv=None):
             state["tokens"] += lm_tokens
             state["flops"] += lm_flops
             kind = "lm"
-        if a.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), a.grad_clip)
+        loss = loss.item()  # also waits for the GPU, so the timing below is honest
+        if not math.isfinite(loss):  # stop before the bad step touches the weights
+            diverged(f"{kind} loss", loss, state["step"] + 1)
+        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), a.grad_clip if a.grad_clip > 0 else float("inf"))
         opt.step()
         opt.zero_grad(set_to_none=True)
-        loss = loss.item()  # also waits for the GPU, so the timing below is honest
         dt = time.perf_counter() - t0
         state["step"] += 1
         state["elapsed_s"] += dt
@@ -277,7 +285,7 @@ def main(argv=None):
             win["lm_ms"].append(1000 * dt)
             win["lm_loss"].append(loss)
         if state["step"] % a.log_every == 0 or state["step"] == a.max_steps:
-            msg = f"step {state['step']:>6} {kind:>4} loss {loss:.4f} lr {lr:.2e} {1000 * dt:7.1f} ms/step"
+            msg = f"step {state['step']:>6} {kind:>4} loss {loss:.4f} lr {lr:.2e} |g| {gnorm:.2f} {1000 * dt:7.1f} ms/step"
             if kind == "lm":
                 msg += f" {lm_tokens / dt:9,.0f} tok/s"
                 if peak:

@@ -117,3 +117,24 @@ def test_cli_error_is_one_line_not_a_traceback(tmp_path):
     assert r.returncode != 0
     assert r.stderr.strip().count("\n") == 0 and "Traceback" not in r.stderr
     assert "missing.jsonl" in r.stderr
+
+
+@pytest.mark.parametrize("fmt", ["txt", "jsonl"])
+@pytest.mark.parametrize("vocab_size", [None, 4096])
+def test_round_trip_text_to_bins_and_back(tmp_path, fmt, vocab_size):
+    docs = ["The river ran past the old mill.\nIt was cold.", "Grace painted the bridge in Oslo.",
+            "Numbers too: 1,234 and 3.5%!", "A last, short one."] * 3
+    if fmt == "txt":
+        src = tmp_path / "c.txt"
+        src.write_text("\n<|endoftext|>\n".join(docs))
+        docs = [d + "\n" for d in docs[:-1]] + [docs[-1]]  # the separator line's newline stays with the text
+    else:
+        src = tmp_path / "c.jsonl"
+        src.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    meta = data.prepare([str(src)], tmp_path / "out", vocab_size=vocab_size, val_fraction=0.25)
+    tok = data.Tokenizer(meta, tmp_path / "out")
+    dtype = np.dtype(meta["dtype"])
+    train = [tok.decode(d) for d in docs_of(tmp_path / "out" / "train.bin", dtype, meta["eot_id"])]
+    val = [tok.decode(d) for d in docs_of(tmp_path / "out" / "val.bin", dtype, meta["eot_id"])]
+    assert val == [d for i, d in enumerate(docs) if data.is_val(i, 0.25)]
+    assert train == [d for i, d in enumerate(docs) if not data.is_val(i, 0.25)]

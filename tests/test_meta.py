@@ -164,3 +164,20 @@ def test_bad_meta_flags_are_refused(data_dir):
         setup(data_dir, "--task", "lm", "--inner-params", "head")
     with pytest.raises(SystemExit, match="lower --n-way"):
         setup(data_dir, "--n-way", 500)
+
+
+def test_default_episode_is_about_one_lm_batch():
+    a = train.get_args([])
+    assert meta.default_n_way(a) == 32  # the paper's 32-way at the default 32 x 512 batch
+    a = train.get_args(["--batch-size", "16", "--block-size", "128"])
+    assert meta.default_n_way(a) == 4 and 4 * (4 + 4) * 64 == 16 * 128
+
+
+def test_meta_weight_scales_the_meta_gradient(data_dir):
+    grads = []
+    for w in (1.0, 0.25):
+        a, eps, model, _ = setup(data_dir, "--meta-weight", w)
+        meta.meta_step(model, eps.train_episode(0, "cpu"), a)
+        grads.append(model.layers[3].mlp.w2.weight.grad.clone())
+    assert grads[0].abs().sum() > 0
+    assert torch.allclose(grads[1], 0.25 * grads[0], atol=1e-7)

@@ -131,3 +131,13 @@ def test_flops_per_token_counts_backward_as_twice_forward():
     assert model.flops_per_token(a, 256) == 3 * fwd
     assert model.flops_per_token(a, 256, backward=False, lm_head=False) == 2 * non_emb + 4 * 12 * 96 * 256
     assert model.peak_flops("cpu") is None
+
+
+def test_rope_preserves_norms_and_is_relative():
+    cos, sin = model.rope_tables(16, 64, 10000.0)
+    q, k = torch.randn(1, 1, 1, 16), torch.randn(1, 1, 1, 16)
+    at = lambda x, p: model.apply_rope(x, cos[p : p + 1], sin[p : p + 1])
+    assert torch.allclose(at(q, 7).norm(), q.norm(), atol=1e-5)  # a rotation
+    dot = lambda i, j: (at(q, i) * at(k, j)).sum()
+    assert torch.allclose(dot(10, 3), dot(30, 23), atol=1e-4)  # only the distance matters
+    assert not torch.allclose(dot(10, 3), dot(10, 4), atol=1e-3)

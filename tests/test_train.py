@@ -69,3 +69,11 @@ def test_user_errors_are_one_line(data_dir, tmp_path):
         run_train(tmp_path / "no-data", tmp_path / "out")
     with pytest.raises(SystemExit, match="--block-size must be smaller"):
         run_train(data_dir, tmp_path / "out", "--block-size", 100000)
+
+
+def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(data_dir, tmp_path):
+    with pytest.raises(SystemExit, match=r"loss is nan at step \d+; .*ckpt.pt still holds the last good eval"):
+        run_train(data_dir, tmp_path, "--max-steps", 50, "--eval-every", 2, "--lr", 1e4, "--warmup-steps", 1,
+                  "--grad-clip", 0, "--dynamics-every", 0)
+    ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=False)
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
