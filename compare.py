@@ -76,12 +76,17 @@ def speedup(base, other):
 
 
 def dyn_summary(rows, values):
-    """Per layer: the step of the peak, rise (peak - start) and fall (peak - end)."""
+    """Per layer: the step of the peak, rise (peak - start) and fall (peak - end); and, since small
+    runs often fall first (from the random init) and rise later, the trough after the peak and
+    the rebound from it (end - trough)."""
     v = np.array([values(r) for r in rows])  # (measurements, layers)
     steps = [r["step"] for r in rows]
-    peak = v.argmax(0)
-    return [{"peak_step": steps[p], "rise": float(v[p, l] - v[0, l]), "fall": float(v[p, l] - v[-1, l])}
-            for l, p in enumerate(peak)]
+    out = []
+    for l, p in enumerate(v.argmax(0)):
+        t = p + int(v[p:, l].argmin())  # the lowest point after the peak
+        out.append({"peak_step": steps[p], "rise": float(v[p, l] - v[0, l]), "fall": float(v[p, l] - v[-1, l]),
+                    "trough_step": steps[t], "rebound": float(v[-1, l] - v[t, l])})
+    return out
 
 
 def times(x):
@@ -120,11 +125,15 @@ def report(runs, targets, ner):
                           ("mean head entropy (nats)", lambda row: [float(np.mean(h)) for h in row["attn_entropy"]])):
         if not with_dyn:
             break
-        out += ["", f"## Dynamics: {title} per layer (peak step; rise = peak - start; fall = peak - end)", "",
-                "| layer | " + " | ".join(f"{r['name']} peak / rise / fall" for r in with_dyn) + " |", "|---" * (len(with_dyn) + 1) + "|"]
+        out += ["", f"## Dynamics: {title} per layer", "",
+                "peak / rise / fall: the step of the maximum, peak - start, peak - end. "
+                "trough / rebound: the lowest step after the peak, end - trough.", "",
+                "| layer | " + " | ".join(f"{r['name']} peak / rise / fall | {r['name']} trough / rebound" for r in with_dyn) + " |",
+                "|---" * (2 * len(with_dyn) + 1) + "|"]
         sums = [dyn_summary(r["dyn"], values) for r in with_dyn]
         for l in range(len(sums[0])):
-            out.append(f"| {l} | " + " | ".join(f"{s[l]['peak_step']} / {s[l]['rise']:+.2f} / {s[l]['fall']:+.2f}" for s in sums) + " |")
+            out.append(f"| {l} | " + " | ".join(f"{s[l]['peak_step']} / {s[l]['rise']:+.2f} / {s[l]['fall']:+.2f} | "
+                                                 f"{s[l]['trough_step']} / {s[l]['rebound']:+.2f}" for s in sums) + " |")
     return "\n".join(out) + "\n", summary
 
 
@@ -156,7 +165,7 @@ def plots(runs, out_dir):
             for l in range(v.shape[1]):
                 ax.plot(steps, v[:, l], color=plt.cm.viridis(l / max(1, v.shape[1] - 1)), label=f"layer {l}")
             ax.set_title(r["name"]), ax.set_xlabel("step"), ax.set_ylabel(ylabel), ax.grid(alpha=0.3)
-        axes[0][-1].legend(fontsize=6, ncol=2)
+        axes[0][-1].legend(fontsize=6, ncol=2, loc="best", framealpha=0.6)
         files.append(save(fig, out_dir / name))
     return files
 

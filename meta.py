@@ -44,8 +44,8 @@ def add_args(p):
     g.add_argument("--k-shot", type=int, default=4, help="support windows per class (lm: support sequences)")
     g.add_argument("--n-query", type=int, default=4, help="query windows per class (lm: query sequences)")
     g.add_argument("--episode-len", type=int, default=64, help="tokens per episode window")
-    g.add_argument("--inner-steps", type=int, default=10)
-    g.add_argument("--inner-lr", type=float, default=0.01)
+    g.add_argument("--inner-steps", type=int, default=10, help="SGD steps on the support set")
+    g.add_argument("--inner-lr", type=float, default=0.01, help="inner-loop SGD learning rate")
     g.add_argument("--meta-weight", type=float, default=1.0,
                    help="scale of the query loss in a meta step (the optimiser's moments are shared with LM steps)")
     g.add_argument("--inner-params", default=None,

@@ -1,11 +1,11 @@
-"""
+r"""
 Pretrain a Llama-style decoder with next-token prediction, optionally mixed with first-order
 MAML episodes (--meta), on one GPU or CPU. No Trainer class: the loop is below, top to bottom.
 
     python train.py --size 11m                       # GPU, paper defaults, TinyStories
     python train.py --meta --size 11m                # the same, half the steps are meta steps
     python train.py --data-dir data/enwiki8k --out-dir out/vanilla --size 11m --device cpu \
-        --max-steps 300 --batch-size 16 --block-size 256 --lr 2e-3 --warmup-steps 30
+        --max-steps 300 --batch-size 16 --block-size 128 --lr 2e-3 --warmup-steps 30 --eval-every 25
 
 Batches are pure functions of (seed, position): the LM stream, the val batches, the meta coin
 and the episodes each draw from their own counter, so a run is reproducible, resumable, and a
@@ -34,23 +34,27 @@ STREAM_LM, STREAM_VAL, STREAM_COIN, STREAM_PROBE = 0, 1, 2, 4  # (meta.py uses 3
 VAL_SEED = 1234  # val batches are the same for every run, whatever its --seed
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """-h keeps the docstring's layout and shows every flag's default."""
+
+
 def get_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     g = p.add_argument_group("data and output")
     g.add_argument("--data-dir", default=None, help="prepared by data.py (default: data/tinystories, made if missing)")
     g.add_argument("--out-dir", default="out", help="ckpt.pt, log.jsonl and dynamics.jsonl go here")
     g.add_argument("--resume", action="store_true", help="continue from OUT/ckpt.pt (flags given again override)")
     g = p.add_argument_group("model and optimisation")
     g.add_argument("--size", default="11m", choices=list(PRESETS), help="pico-decoder preset")
-    g.add_argument("--max-steps", type=int, default=20000)
-    g.add_argument("--batch-size", type=int, default=32)
+    g.add_argument("--max-steps", type=int, default=20000, help="optimiser steps (LM and meta together)")
+    g.add_argument("--batch-size", type=int, default=32, help="sequences per LM step")
     g.add_argument("--block-size", type=int, default=512, help="tokens per LM sequence")
     g.add_argument("--lr", type=float, default=3e-4, help="peak AdamW learning rate")
     g.add_argument("--min-lr-frac", type=float, default=0.1, help="cosine decay ends at this fraction of --lr")
     g.add_argument("--warmup-steps", type=int, default=1000, help="linear warmup")
     g.add_argument("--decay-steps", type=int, default=None, help="length of the cosine decay (default --max-steps)")
-    g.add_argument("--weight-decay", type=float, default=0.1)
-    g.add_argument("--grad-clip", type=float, default=1.0)
+    g.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay (matrices only)")
+    g.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm (0 = no clipping)")
     g = p.add_argument_group("evaluation and logging")
     g.add_argument("--eval-every", type=int, default=500, help="val loss, log.jsonl line and checkpoint")
     g.add_argument("--eval-batches", type=int, default=20, help="fixed val batches per eval")
@@ -59,11 +63,11 @@ def get_args(argv=None):
     g.add_argument("--dynamics-every", type=int, default=None,
                    help="effective rank / head entropy cadence (default: every eval; 0 = off)")
     g = p.add_argument_group("hardware")
-    g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: cuda when available")
     g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
                    help="auto: bfloat16 autocast on GPUs that support it, else float32")
     g.add_argument("--compile", action="store_true", help="torch.compile the model for LM steps")
-    g.add_argument("--seed", type=int, default=1337)
+    g.add_argument("--seed", type=int, default=1337, help="seeds the init and every data stream")
     metalib.add_args(p)
     args = p.parse_args(argv)
     args.given = {a.split("=")[0][2:].replace("-", "_") for a in (argv if argv is not None else sys.argv[1:])

@@ -65,10 +65,13 @@ def test_runs_without_dynamics_or_ner_still_compare_and_with_them_summarise(tmp_
     compare.main([str(a), str(b), "--ner", ",".join(ner), "--out", str(tmp_path / "full.md")])
     text = (tmp_path / "full.md").read_text()
     assert "| da_ddt | 50.00 | 53.00 | +3.00 |" in text
-    assert "| 0 | 10 / +3.00 / +2.00 |" in text  # layer 0 ER: peak at step 10, rise 3, fall 2
-    assert "| 1 | 10 / +0.50 / +0.50 |" in text  # layer 1 entropy: 2.0 -> 2.5 -> 2.0
+    assert "| 0 | 10 / +3.00 / +2.00 | 20 / +0.00 |" in text  # layer 0 ER: 2 -> 5 (peak) -> 3
+    assert "| 1 | 10 / +0.50 / +0.50 | 20 / +0.00 |" in text  # layer 1 entropy: 2.0 -> 2.5 -> 2.0
     summary = compare.dyn_summary([{"step": s, "er_act": e} for s, e, _ in dyn], lambda r: r["er_act"])
-    assert summary[1] == {"peak_step": 10, "rise": 1.0, "fall": 0.5}
+    assert summary[1] == {"peak_step": 10, "rise": 1.0, "fall": 0.5, "trough_step": 20, "rebound": 0.0}
+    dip = [{"step": s, "er_act": [v]} for s, v in ((0, 9.0), (10, 2.0), (20, 5.0))]  # fall first, then rise
+    assert compare.dyn_summary(dip, lambda r: r["er_act"])[0] == {
+        "peak_step": 0, "rise": 0.0, "fall": 4.0, "trough_step": 10, "rebound": 3.0}
 
 
 def test_refusals(tmp_path):
