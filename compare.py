@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from data import fingerprint
+
 
 class CompareError(Exception):
     """Bad input the user can fix; names the run directory or file."""
@@ -40,10 +42,9 @@ def load_run(d):
 
 def check_same_data(runs):
     """Comparisons only mean something on the same tokens: same sources, encoding and vocabulary."""
-    key = lambda m: (m.get("encoding"), m.get("vocab_size"), [s.get("sha256") for s in m.get("sources", [])])
     known = [r for r in runs if r["info"].get("data_meta")]
     for r in known[1:]:
-        if key(r["info"]["data_meta"]) != key(known[0]["info"]["data_meta"]):
+        if fingerprint(r["info"]["data_meta"]) != fingerprint(known[0]["info"]["data_meta"]):
             raise CompareError(f"{r['dir']} was trained on different data than {known[0]['dir']} "
                                "(data meta differs); compare runs on the same prepared data")
 

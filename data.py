@@ -82,6 +82,12 @@ class Tokenizer:
         return "".join(out) + self.enc.decode(run)
 
 
+def fingerprint(meta):
+    """What makes two prepared datasets the same tokens: the encoding, the vocabulary (size) and
+    the bytes of the sources. Used to refuse resuming or comparing across different data."""
+    return meta.get("encoding"), meta.get("vocab_size"), [s.get("sha256") for s in meta.get("sources", [])]
+
+
 def load_meta(data_dir):
     path = Path(data_dir) / "meta.json"
     if not path.exists():

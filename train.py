@@ -150,8 +150,7 @@ def main(argv=None):
         dmeta = datalib.load_meta(a.data_dir)
     except datalib.DataError as e:
         sys.exit(f"train.py: error: --data-dir: {e}")
-    shas = lambda m: [s["sha256"] for s in m["sources"]]
-    if ckpt and shas(ckpt["data_meta"]) != shas(dmeta):
+    if ckpt and datalib.fingerprint(ckpt["data_meta"]) != datalib.fingerprint(dmeta):
         sys.exit(f"train.py: error: --resume: {a.data_dir} is not the data the checkpoint was trained on")
     train_tok = np.memmap(Path(a.data_dir) / "train.bin", dtype=dmeta["dtype"], mode="r")
     val_tok = np.memmap(Path(a.data_dir) / "val.bin", dtype=dmeta["dtype"], mode="r")
@@ -271,7 +270,7 @@ def main(argv=None):
             state["tokens"] += lm_tokens
             state["flops"] += lm_flops
             kind = "lm"
-        loss = loss.item()  # also waits for the GPU, so the timing below is honest
+        loss = loss.item()  # the NaN check needs it on the host; the sync also keeps ms/step honest
         if not math.isfinite(loss):  # stop before the bad step touches the weights
             diverged(f"{kind} loss", loss, state["step"] + 1)
         gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), a.grad_clip if a.grad_clip > 0 else float("inf"))

@@ -77,3 +77,11 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(data_dir, tmp
                   "--grad-clip", 0, "--dynamics-every", 0)
     ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=False)
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
+
+
+def test_resume_refuses_data_prepared_with_another_vocabulary(data_dir, corpus_txt, tmp_path):
+    import data
+    run_train(data_dir, tmp_path / "run", "--max-steps", 2, "--eval-every", 2, "--dynamics-every", 0)
+    data.prepare([str(corpus_txt)], tmp_path / "other", vocab_size=128, val_fraction=0.1)  # same source bytes
+    with pytest.raises(SystemExit, match="is not the data the checkpoint was trained on"):
+        run_train(tmp_path / "other", tmp_path / "run", "--resume", "--max-steps", 4)
