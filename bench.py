@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 import data as datalib
+import episodes as eplib
 import meta as metalib
 import train
 from model import Transformer, count_params, flops_per_token, peak_flops, preset
@@ -50,12 +51,13 @@ def main():
     dmeta = datalib.load_meta(b.data_dir)
     tok = {s: np.memmap(Path(b.data_dir) / f"{s}.bin", dtype=dmeta["dtype"], mode="r") for s in ("train", "val")}
     a.eval_episodes = 0
-    episodes = metalib.Episodes(a, Path(b.data_dir), dmeta, tok["train"], tok["val"])
+    episodes = eplib.Episodes(a, Path(b.data_dir), dmeta, tok["train"], tok["val"])
     torch.manual_seed(0)
     margs = preset(b.size, dmeta["vocab_size"], a.block_size)
     model = Transformer(margs).to(b.device)
+    head = metalib.make_head(a, margs.d_model, margs.vocab_size).to(b.device)
     lm_model = torch.compile(model) if b.compile else model
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    opt = torch.optim.AdamW([*model.parameters(), *head.parameters()], lr=1e-4)
     ctx = nullcontext() if b.dtype == "float32" else torch.autocast(b.device, dtype=torch.bfloat16)
     pos = {"lm": 0, "meta": 0}
 
@@ -72,7 +74,7 @@ def main():
     def meta_step():
         ep = episodes.train_episode(pos["meta"], b.device)
         with ctx:
-            loss, _ = metalib.meta_step(model, ep, a)
+            loss, _ = metalib.meta_step(model, head, ep, a)
         opt.step()
         opt.zero_grad(set_to_none=True)
         loss.item()
@@ -88,7 +90,7 @@ def main():
     lm_flops = flops_per_token(margs, a.block_size) * lm_tokens
     print(f"LM   step {lm_ms:9.1f} ms  {lm_tokens / lm_ms * 1000:10,.0f} tok/s  {lm_flops:.3g} FLOPs")
     print(f"meta step {meta_ms:9.1f} ms  {episodes.tokens_per_episode() / meta_ms * 1000:10,.0f} tok/s  "
-          f"{episodes.step_flops(margs):.3g} FLOPs")
+          f"{metalib.step_flops(a, margs):.3g} FLOPs")
     print(f"meta / LM = {meta_ms / lm_ms:.2f}  (target <= 1.3)")
     peak = peak_flops(b.device)
     if peak:

@@ -109,11 +109,18 @@ def report(runs, targets, ner):
             summary[(t, r["name"])] = (s_steps, s_flops)
             cells = ["not reached"] * 4 if c is None else [f"{c['step']:.1f}", f"{c['tokens']:,.0f}", f"{c['flops']:.3g}", f"{c['elapsed_s']:.1f}"]
             out.append(f"| {t} | {r['name']} | " + " | ".join(cells) + f" | {times(s_steps)} | {times(s_flops)} |")
-    out += ["", "## Final", "", "| run | steps | val loss | perplexity | FLOPs | val episodes acc before -> after |", "|---|---|---|---|---|---|"]
+    out += ["", "## Final", "", "val episodes: the fixed val episodes' query accuracy and loss before -> after the inner "
+            "loop; meta loss: the training episodes' query loss since the previous eval (last logged value).", "",
+            "| run | steps | val loss | perplexity | FLOPs | val episodes acc | val episodes loss | meta loss |",
+            "|---|---|---|---|---|---|---|---|"]
+    num = lambda v, fmt: "-" if v is None else format(v, fmt)
     for r in runs:
         f = r["log"][-1]
-        acc = f"{f.get('episode_acc_before', float('nan')):.3f} -> {f.get('episode_acc_after', float('nan')):.3f}"
-        out.append(f"| {r['name']} | {f['step']} | {f['val_loss']:.4f} | {math.exp(f['val_loss']):.1f} | {f['flops']:.3g} | {acc} |")
+        acc = f"{num(f.get('episode_acc_before'), '.3f')} -> {num(f.get('episode_acc_after'), '.3f')}"
+        eloss = f"{num(f.get('episode_loss_before'), '.3f')} -> {num(f.get('episode_loss_after'), '.3f')}"
+        ml = next((row["meta_loss"] for row in reversed(r["log"]) if row.get("meta_loss") is not None), None)
+        out.append(f"| {r['name']} | {f['step']} | {f['val_loss']:.4f} | {math.exp(f['val_loss']):.1f} | {f['flops']:.3g} "
+                   f"| {acc} | {eloss} | {num(ml, '.3f')} |")
     if ner:
         codes = sorted(set().union(*(n["results"] for n in ner)))
         out += ["", "## Universal NER F1 (%)", "", "| test set | " + " | ".join(r["name"] for r in runs) + " | " +

@@ -1,69 +1,105 @@
 """
 First-order MAML (FOMAML) over self-supervised episodes, mixed into LM pretraining.
 
+    python meta.py --data-dir data/enwiki8k [episode flags]   # inspect two decoded episodes
+
 MAML in four lines. An episode has a support set S and a query set Q of the same task.
   inner loop:  phi_0 = theta;  phi_{i+1} = phi_i - alpha * grad L_S(phi_i)     (a few SGD steps)
   outer loss:  L_Q(phi_n): how well the *adapted* weights do on unseen examples of the task
   meta-grad:   d L_Q(phi_n) / d theta = (prod_i (I - alpha * H_S(phi_i))) grad L_Q(phi_n)
-First-order MAML drops the Hessians H_S (no create_graph, so phi_n - theta is a constant), and
-the meta-gradient is simply grad L_Q evaluated at phi_n, applied to theta. Parameters live in
-dicts and every update is out of place (fast = {n: w - lr * g}), so torch.func.functional_call
-runs the model with the fast weights while autograd routes grad L_Q back onto the originals.
+First-order MAML drops the Hessians H_S: phi_n = theta - alpha * sum_i g_i with every g_i a
+constant, so d phi_n / d theta = I and the meta-gradient is grad L_Q evaluated at phi_n, applied
+to theta. Parameters live in dicts and every update is out of place, so
+torch.func.functional_call runs the model with the fast weights while autograd routes
+grad L_Q back onto the originals.
 
-Tasks (--task):
-  smlmt  Subset-masked LM (Bansal et al. 2020): N word types, K support + Q query windows that
-         contain each; the type is replaced by a mask id in its windows; classify which of the
-         N words was masked. The head is ProtoMAML's (Triantafillou et al. 2020): w_c = 2 mu_c,
-         b_c = -|mu_c|^2 from the support prototypes mu_c, so no head is carried over.
-  lm     The older proposal: the inner loop is next-token cross-entropy on K sequences of one
-         document, the outer loss on Q other sequences of the same document.
+Episode heads (the episodes themselves are built in episodes.py):
+  smlmt  ProtoMAML (Triantafillou et al. 2020): a linear head w_c = 2 mu_c, b_c = -|mu_c|^2 from
+         the support prototypes, so logits = -|h - mu_c|^2 up to a per-example constant. The
+         features are scaled by a learned temperature exp(log_scale), initialised so that
+         |h|^2 ~ 1: raw squared distances between RMS-normalised states are O(d), which made
+         the first query losses 14-43 and taught the backbone to shrink every feature (the
+         collapse). As in Meta-Dataset's fo-Proto-MAML, the query gradient also flows through
+         the prototypes (--proto-grad); only the inner-loop gradients are constants.
+  pico   The paper's released trainer: a persistent MLP d -> 128 -> 128 -> 128 -> vocab, read at
+         the masked position, its logits sliced to the episode's class ids; the inner loop
+         adapts only this head, on backbone features computed once per episode.
+  lm     No head: the inner and outer losses are next-token cross-entropy.
 """
-import json
+import argparse
+import math
+from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 from torch.func import functional_call
 from tqdm import tqdm
 
 import data as datalib
+import episodes as eplib
 from model import flops_per_token
-
-STREAM_META, STREAM_VAL_EPISODES = 3, 5
-VAL_SEED = 1234  # the fixed val episodes are the same for every run
 
 
 def add_args(p):
     g = p.add_argument_group("meta-learning")
     g.add_argument("--meta", action="store_true", help="mix first-order MAML steps into pretraining")
     g.add_argument("--hybrid-ratio", type=float, default=0.5, help="fraction of steps that are meta steps")
-    g.add_argument("--task", default="smlmt", choices=["smlmt", "lm"], help="episode kind")
+    g.add_argument("--meta-start", type=int, default=None,
+                   help="LM-only steps before the first meta step (default: half of --max-steps; 0 = the paper's). "
+                        "The coin and the LM stream are unchanged, so LM batches still match the vanilla run's")
+    g.add_argument("--task", default="smlmt", choices=["smlmt", "pico", "lm"], help="episode kind (see episodes.py)")
     g.add_argument("--n-way", type=int, default=None,
-                   help="SMLMT classes per episode (default: as many as make one LM batch of tokens, at most "
-                        "32, the paper's; 32 at the default batch of 32 x 512)")
-    g.add_argument("--k-shot", type=int, default=4, help="support windows per class (lm: support sequences)")
-    g.add_argument("--n-query", type=int, default=4, help="query windows per class (lm: query sequences)")
-    g.add_argument("--episode-len", type=int, default=64, help="tokens per episode window")
+                   help="classes per episode (smlmt default: as many as make one LM batch of tokens, at most 32, "
+                        "the paper's; pico: 32)")
+    g.add_argument("--k-shot", type=int, default=4, help="support windows per class (pico: masked support positions; "
+                                                         "lm: support sequences)")
+    g.add_argument("--n-query", type=int, default=4, help="query windows per class (lm: query sequences; pico: 1 position)")
+    g.add_argument("--episode-len", type=int, default=64, help="tokens per smlmt / lm window (pico uses --block-size)")
+    g.add_argument("--episode-feature", default="before-mask", choices=["before-mask", "mask", "last", "mean"],
+                   help="smlmt: the hidden state that represents a window (before-mask: the position that predicts "
+                        "the masked word)")
+    g.add_argument("--proto-grad", action=argparse.BooleanOptionalAction, default=True,
+                   help="smlmt: let the query gradient flow through the prototype initialisation (fo-Proto-MAML)")
+    g.add_argument("--pico-drop-outside", action="store_true",
+                   help="pico: ignore labels outside the class set instead of clamping them to class 0")
     g.add_argument("--inner-steps", type=int, default=10, help="SGD steps on the support set")
     g.add_argument("--inner-lr", type=float, default=0.01, help="inner-loop SGD learning rate")
     g.add_argument("--meta-weight", type=float, default=1.0,
                    help="scale of the query loss in a meta step (the optimiser's moments are shared with LM steps)")
     g.add_argument("--inner-params", default=None,
-                   help="what adapts: head, top-K (last K blocks + head) or all (default: head; lm: top-1)")
-    g.add_argument("--skip-top-words", type=int, default=100, help="SMLMT: skip the N most frequent token types")
-    g.add_argument("--min-word-count", type=int, default=50, help="SMLMT: skip token types rarer than this")
+                   help="what adapts: head, top-K (last K blocks + final norm + head) or all (default: head; lm: top-1)")
+    g.add_argument("--skip-top-words", type=int, default=100, help="smlmt: skip the N most frequent token types")
+    g.add_argument("--min-word-count", type=int, default=50, help="smlmt: skip token types rarer than this")
+
+
+def check_args(a, prog="train.py"):
+    """Fill the task-dependent defaults and refuse combinations that cannot run."""
+    if a.inner_params is None:
+        a.inner_params = "top-1" if a.task == "lm" else "head"
+    spec = a.inner_params
+    if not (spec in ("head", "all") or (spec.startswith("top-") and spec[4:].isdigit())):
+        raise SystemExit(f"{prog}: error: --inner-params {spec!r}: use head, top-K (e.g. top-2) or all")
+    if a.task == "lm" and spec == "head":
+        raise SystemExit(f"{prog}: error: --inner-params head needs --task smlmt or pico (lm has no episode head); "
+                         "use top-K or all")
 
 
 # ----------------------------------------------------------------------------- the algorithm
 
 def inner_loop(support_loss, fast, steps, lr):
-    """`steps` SGD steps on support_loss(fast), out of place and first order: the gradients are
-    taken without create_graph, so each update subtracts a constant and d fast / d theta = I."""
+    """`steps` SGD steps on support_loss, first order: each gradient g_i is taken at detached
+    weights, so it is a constant, and the result theta - lr * sum_i g_i has d/d theta = I.
+    `fast` may hold parameters or tensors that carry a graph (prototypes): it is kept intact."""
+    phi = {n: w.detach() for n, w in fast.items()}
+    total = {n: torch.zeros_like(w) for n, w in phi.items()}
     for _ in range(steps):
-        loss = support_loss(fast)
-        grads = torch.autograd.grad(loss, list(fast.values()))
-        fast = {n: w - lr * g for (n, w), g in zip(fast.items(), grads)}
-    return fast
+        phi = {n: w.requires_grad_() for n, w in phi.items()}
+        grads = torch.autograd.grad(support_loss(phi), list(phi.values()))
+        phi = {n: (w - lr * g).detach() for (n, w), g in zip(phi.items(), grads)}
+        total = {n: t + g for (n, t), g in zip(total.items(), grads)}
+    return {n: w - lr * total[n] for n, w in fast.items()}
 
 
 def adapted_names(model, spec):
@@ -74,9 +110,27 @@ def adapted_names(model, spec):
         return []
     if spec == "all":
         return names
-    k = int(spec.split("-")[1])
-    first = model.args.n_layer - k
+    first = model.args.n_layer - int(spec.split("-")[1])
     return [n for n in names if n == "norm.weight" or (n.startswith("layers.") and int(n.split(".")[1]) >= first)]
+
+
+def make_head(a, d_model, vocab_size):
+    """The meta-learned parameters outside the decoder; trained by the outer optimiser and
+    saved in the checkpoint. Initialised from their own generator, so the decoder's init and a
+    vanilla run's random stream are untouched."""
+    if a.task == "smlmt":  # |h|^2 ~ d after the final RMSNorm; exp(log_scale) = 1/sqrt(d) makes it ~1
+        return nn.ParameterDict({"log_scale": nn.Parameter(torch.tensor(-0.5 * math.log(d_model)))})
+    if a.task == "pico":  # the released trainer's classifier: ReLU MLP, Xavier weights
+        gen = torch.Generator().manual_seed(a.seed)
+        dims = [d_model, 128, 128, 128, vocab_size]
+        layers = []
+        for i, (m, n) in enumerate(zip(dims, dims[1:])):
+            lin = nn.Linear(m, n)
+            nn.init.xavier_uniform_(lin.weight, generator=gen)
+            nn.init.zeros_(lin.bias)
+            layers += [lin, nn.ReLU()] if i < len(dims) - 2 else [lin]
+        return nn.Sequential(*layers)
+    return nn.ParameterDict()
 
 
 def proto_head(feats, labels, n_way):
@@ -87,227 +141,193 @@ def proto_head(feats, labels, n_way):
     return {"head.w": 2 * mu, "head.b": -(mu * mu).sum(1)}
 
 
-def features(model, params, x):
-    # the final hidden state at the last position: in a causal model that is the only position
-    # that has attended to every token of the window, the masked one included
-    return functional_call(model, params, (x,), {"hidden": True})[:, -1]  # (n, d)
+def features(model, params, x, p, kind):
+    """One hidden state per window, after the final norm, in float32."""
+    h = functional_call(model, params, (x,), {"hidden": True})  # (n, L, d)
+    rows = torch.arange(len(x), device=x.device)
+    if kind == "last":  # the only position that has seen the whole window
+        f = h[:, -1]
+    elif kind == "mean":
+        f = h.mean(1)
+    elif kind == "mask":  # has seen the mask and the left context
+        f = h[rows, p]
+    else:  # before-mask: the state the LM uses to predict the (masked) word
+        f = h[rows, (p - 1).clamp(min=0)]
+    return f.float()  # (n, d)
 
 
-def episode_losses(model, ep, a, names, seen):
-    """The support loss of a fast-weight dict, the starting fast weights, and a function giving
-    the query logits and targets for fast weights. Shared by training and evaluation. The
-    support loss keeps its last logits in `seen`, so reporting support accuracy needs no extra
-    pass (and no host sync inside the inner loop)."""
+def fp32(device):
+    # episode heads run in float32 even under bf16 autocast: their logits are small differences
+    # of large dot products, which bf16 (8 bits of mantissa) gets wrong by whole units
+    return torch.autocast(torch.device(device).type, enabled=False)
+
+
+def ce(logits, y):
+    return F.cross_entropy(logits.flatten(0, -2).float(), y.flatten(), ignore_index=-100)  # -100: pico's ignored labels
+
+
+def episode_fns(model, head, ep, a, names):
+    """(support(fast), starting fast weights, query(fast)), shared by training and evaluation;
+    support and query give (logits, targets) for fast weights. Fast-weight names starting with
+    "head." belong to the episode head, the others to the decoder."""
     params = dict(model.named_parameters())
-
-    def backbone(fast):
-        return {**params, **{n: w for n, w in fast.items() if not n.startswith("head.")}}
-
-    def scored(logits, y):
-        seen["support_logits"] = logits.detach()
-        return F.cross_entropy(logits.flatten(0, -2).float(), y.flatten())
+    backbone = lambda fast: {**params, **{n: w for n, w in fast.items() if not n.startswith("head.")}}
 
     if a.task == "lm":
-        def lm_logits(fast, x):
-            return functional_call(model, backbone(fast), (x,))[0]  # (n, L, V)
+        logits = lambda fast, x: functional_call(model, backbone(fast), (x,))[0]  # (n, L, V)
+        return (lambda fast: (logits(fast, ep["xs"]), ep["ys"]), {n: params[n] for n in names},
+                lambda fast: (logits(fast, ep["xq"]), ep["yq"]))
 
-        support_loss = lambda fast: scored(lm_logits(fast, ep["xs"]), ep["ys"])
-        return support_loss, {n: params[n] for n in names}, lambda fast: (lm_logits(fast, ep["xq"]), ep["yq"])
+    if a.task == "pico":
+        mlp = {n: w for n, w in head.named_parameters()}
 
-    with torch.no_grad():  # prototypes, and the support features themselves when only the head adapts
-        fs = features(model, params, ep["xs"]).float()  # (N*K, d)
-    fast = {n: params[n] for n in names} | {k: v.requires_grad_() for k, v in proto_head(fs, ep["ys"], a.n_way).items()}
+        def feats(fast, x, p):
+            return functional_call(model, backbone(fast), (x,), {"hidden": True})[:, p].flatten(0, 1).float()  # (B*K, d)
 
-    def head(f, fast):
-        return f.float() @ fast["head.w"].T + fast["head.b"]  # (n, N)
+        def logits(f, fast):
+            with fp32(f.device):
+                return functional_call(head, {n[5:]: w for n, w in fast.items() if n.startswith("head.")},
+                                       (f,))[:, ep["classes"]]  # (n, N)
 
-    def support_loss(fast):  # head only: loop over the cached features, no backbone pass
-        f = fs if not names else features(model, backbone(fast), ep["xs"])
-        return scored(head(f, fast), ep["ys"])
+        with torch.no_grad():  # the backbone is frozen in the inner loop: its features once per episode
+            fs = feats(params, ep["xs"], ep["ps"])
+        fast = {n: params[n] for n in names} | {"head." + n: w for n, w in mlp.items()}
+        support = lambda fast: (logits(fs if not names else feats(fast, ep["xs"], ep["ps"]), fast), ep["ys"])
+        return support, fast, lambda fast: (logits(feats(fast, ep["xq"], ep["pq"]), fast), ep["yq"])
 
-    return support_loss, fast, lambda fast: (head(features(model, backbone(fast), ep["xq"]), fast), ep["yq"])
+    kind, scale = a.episode_feature, head["log_scale"].exp()
+    with torch.set_grad_enabled(a.proto_grad and torch.is_grad_enabled()):
+        fs = features(model, params, ep["xs"], ep["ps"], kind) * scale  # (N*K, d), scaled
+    fast = {n: params[n] for n in names} | proto_head(fs, ep["ys"], a.n_way)
+
+    def logits(f, fast):
+        with fp32(f.device):
+            return f @ fast["head.w"].T + fast["head.b"]  # (n, N)
+
+    def support(fast):  # head only: the cached features, no backbone pass
+        f = fs.detach() if not names else features(model, backbone(fast), ep["xs"], ep["ps"], kind) * scale.detach()
+        return logits(f, fast), ep["ys"]
+
+    return support, fast, lambda fast: (logits(features(model, backbone(fast), ep["xq"], ep["pq"], kind) * scale, fast),
+                                        ep["yq"])
 
 
 def accuracy(logits, y):
-    return (logits.argmax(-1) == y).float().mean().item()
+    keep = y != -100
+    return ((logits.argmax(-1) == y) & keep).sum().item() / max(1, keep.sum().item())
 
 
-def meta_step(model, ep, a):
+def meta_step(model, head, ep, a):
     """One FOMAML step: adapt on the support set, then backpropagate the query loss of the adapted
-    weights. Leaves the meta-gradient in the .grad of the model's parameters. support_acc is
-    measured at the last inner step."""
-    seen = {}
-    support_loss, fast, query = episode_losses(model, ep, a, adapted_names(model, a.inner_params), seen)
-    fast = inner_loop(support_loss, fast, a.inner_steps, a.inner_lr)
+    weights. Leaves the meta-gradient in the .grad of the model's and the head's parameters."""
+    support, fast, query = episode_fns(model, head, ep, a, adapted_names(model, a.inner_params))
+    fast = inner_loop(lambda f: ce(*support(f)), fast, a.inner_steps, a.inner_lr)
     logits, y = query(fast)
-    loss = F.cross_entropy(logits.flatten(0, -2).float(), y.flatten())
+    loss = ce(logits, y)
     (a.meta_weight * loss).backward()  # grad L_Q(phi_n) lands on theta: the first-order meta-gradient
-    s_acc = accuracy(seen["support_logits"], ep["ys"]) if seen else float("nan")  # nan: no inner steps
+    s_acc = None
+    if a.task != "lm":  # support accuracy of the adapted weights (no extra backbone pass for head-only)
+        with torch.no_grad():
+            s_acc = accuracy(*support({n: w.detach() for n, w in fast.items()}))
     return loss.detach(), {"support_acc": s_acc, "query_acc": accuracy(logits.detach(), y)}
 
 
-# ----------------------------------------------------------------------------- episodes
-
-def word_types(tok, counts, skip_top, min_count):
-    """Token ids in the frequency band that look like words (alphabetic after a leading space)."""
-    order = np.argsort(-counts, kind="stable")
-    band = [i for i in order[skip_top:] if counts[i] >= min_count]
-    return np.array([i for i in band if i not in (tok.eot, tok.mask, tok.unk)
-                     and tok.decode([i]).removeprefix(" ").isalpha()], dtype=np.int64)
-
-
-def occurrence_index(tokens, types):
-    """CSR index: positions[offsets[j]:offsets[j+1]] are the positions of token types[j]."""
-    is_type = np.zeros(int(tokens.max()) + 1, dtype=bool)
-    is_type[types[types < len(is_type)]] = True
-    pos = np.flatnonzero(is_type[tokens])
-    ids = np.asarray(tokens[pos], dtype=np.int64)
-    order = np.argsort(ids, kind="stable")
-    pos, ids = pos[order], ids[order]
-    offsets = np.searchsorted(ids, np.append(types, np.iinfo(np.int64).max))
-    return offsets, pos
-
-
-def default_n_way(a):
-    """Support + query tokens ~ one LM batch, so a meta step and an LM step see as many tokens;
-    capped at the paper's 32 (which the default batch of 32 x 512 gives exactly)."""
-    per_class = (a.k_shot + a.n_query) * a.episode_len
-    return int(min(32, max(2, round(a.batch_size * a.block_size / per_class))))
-
-
-class Episodes:
-    """Samples training episodes from the train split (seeded by their number, so resuming and
-    the LM stream are unaffected) and holds a fixed set of val episodes scored at every eval."""
-
-    def __init__(self, a, data_dir, dmeta, train_tok, val_tok):
-        if a.inner_params is None:
-            a.inner_params = "top-1" if a.task == "lm" else "head"
-        spec = a.inner_params
-        if not (spec in ("head", "all") or (spec.startswith("top-") and spec[4:].isdigit())):
-            raise SystemExit(f"train.py: error: --inner-params {spec!r}: use head, top-K (e.g. top-2) or all")
-        if a.task == "lm" and spec == "head":
-            raise SystemExit("train.py: error: --inner-params head needs --task smlmt (lm has no episode head); use top-K or all")
-        self.a, self.tok = a, datalib.Tokenizer(dmeta, data_dir)
-        self.splits = {"train": train_tok, "val": val_tok}
-        self.n_per = a.k_shot + a.n_query
-        if a.n_way is None:
-            a.n_way = default_n_way(a)
-        if a.task == "smlmt":
-            self.index = {s: self._smlmt_index(data_dir, dmeta, s) for s in self.splits}
-        else:  # documents long enough for K + Q sequences
-            need = self.n_per * (a.episode_len + 1)
-            self.index = {}
-            for s, t in self.splits.items():
-                bounds = np.append(-1, np.flatnonzero(np.asarray(t) == self.tok.eot))
-                starts, lens = bounds[:-1] + 1, np.diff(bounds) - 1
-                self.index[s] = (starts[lens >= need], lens[lens >= need])
-                if len(self.index[s][0]) == 0:
-                    raise SystemExit(f"train.py: error: {data_dir}/{s}.bin has no document of {need} tokens "
-                                     "for --task lm; lower --episode-len, --k-shot or --n-query")
-        rng = lambda i: np.random.default_rng([VAL_SEED, STREAM_VAL_EPISODES, i])
-        self.val = [self._episode("val", rng(i)) for i in range(a.eval_episodes)]
-
-    def _smlmt_index(self, data_dir, dmeta, split):
-        a = self.a
-        cache = data_dir / f"smlmt_{split}_top{a.skip_top_words}_min{a.min_word_count}.npz"
-        if cache.exists():
-            z = np.load(cache)
-            types, offsets, pos = z["types"], z["offsets"], z["pos"]
-        else:
-            train = self.splits["train"]
-            counts = np.bincount(np.asarray(train), minlength=dmeta["vocab_size"])
-            types = word_types(self.tok, counts, a.skip_top_words, a.min_word_count)
-            with tqdm(total=1, desc=f"SMLMT index ({split})", leave=False) as bar:
-                offsets, pos = occurrence_index(np.asarray(self.splits[split]), types)
-                bar.update()
-            np.savez(cache, types=types, offsets=offsets, pos=pos)
-        ok = np.flatnonzero(np.diff(offsets) >= self.n_per)  # types with enough windows for an episode
-        if len(ok) < a.n_way:
-            raise SystemExit(f"train.py: error: {data_dir}/{split}.bin has only {len(ok)} word types with "
-                             f">= {self.n_per} occurrences; lower --n-way ({a.n_way}), --min-word-count or --skip-top-words")
-        return types, offsets, pos, ok
-
-    def _episode(self, split, rng):
-        a, tokens = self.a, self.splits[split]
+def step_flops(a, margs):
+    """FLOPs of one meta step, inner loop included: support forward (features computed once),
+    inner steps (backbone forward+backward each unless only the head adapts), query forward +
+    backward (and the support backward through the prototypes with --proto-grad). Backwards
+    are counted as full ones (an upper bound); the episode heads are ignored (tiny)."""
+    lm = a.task == "lm"
+    if a.task == "pico":
+        L, n_s, n_q = a.block_size, a.batch_size, a.batch_size
+    else:
         L = a.episode_len
-        if a.task == "lm":
-            starts, lens = self.index[split]
-            d = rng.integers(len(starts))
-            s0 = starts[d] + rng.integers(lens[d] - self.n_per * (L + 1) + 1)
-            seqs = np.asarray(tokens[s0 : s0 + self.n_per * (L + 1)], dtype=np.int64).reshape(self.n_per, L + 1)
-            seqs = seqs[rng.permutation(self.n_per)]  # which sequences are support is random
-            s, q = seqs[: a.k_shot], seqs[a.k_shot :]
-            return {"xs": s[:, :-1], "ys": s[:, 1:], "xq": q[:, :-1], "yq": q[:, 1:]}
-        types, offsets, pos, ok = self.index[split]
-        chosen = rng.choice(ok, a.n_way, replace=False)
-        labels = rng.permutation(a.n_way)  # fresh label order each episode: nothing to memorise
-        windows = np.empty((a.n_way, self.n_per, L), dtype=np.int64)  # (N, K+Q, L)
-        for c, j in enumerate(chosen):
-            occ = pos[offsets[j] : offsets[j + 1]]
-            for w, p in enumerate(rng.choice(occ, self.n_per, replace=False)):
-                # the masked word sits inside the window (between 1/4 and 3/4), not at the end
-                start = int(np.clip(p - rng.integers(L // 4, 3 * L // 4), 0, len(tokens) - L))
-                win = np.asarray(tokens[start : start + L], dtype=np.int64)
-                win[win == types[j]] = self.tok.mask
-                windows[c, w] = win
-        y = np.repeat(labels, self.n_per).reshape(a.n_way, self.n_per)  # (N, K+Q)
-        flat = lambda t: t.reshape(-1, *t.shape[2:])  # (N, k, ...) -> (N*k, ...)
-        return {"xs": flat(windows[:, : a.k_shot]), "ys": flat(y[:, : a.k_shot]),
-                "xq": flat(windows[:, a.k_shot :]), "yq": flat(y[:, a.k_shot :]), "types": types[chosen]}
-
-    def train_episode(self, i, device):
-        ep = self._episode("train", np.random.default_rng([self.a.seed, STREAM_META, i]))
-        return to_device(ep, device)
-
-    def tokens_per_episode(self):
-        n = self.n_per * (1 if self.a.task == "lm" else self.a.n_way)
-        return n * self.a.episode_len
-
-    def step_flops(self, margs):
-        """FLOPs of one meta step, inner loop included: support forward (prototypes / cached
-        features), inner steps (backbone forward+backward each unless only the head adapts),
-        query forward+backward. Backwards are counted as full ones (an upper bound)."""
-        a, L = self.a, self.a.episode_len
-        lm = a.task == "lm"
         n_s, n_q = (a.k_shot, a.n_query) if lm else (a.n_way * a.k_shot, a.n_way * a.n_query)
-        fwd = flops_per_token(margs, L, backward=False, lm_head=lm)
-        full = flops_per_token(margs, L, backward=True, lm_head=lm)
-        if a.inner_params == "head":  # smlmt only: one support pass, then a tiny head
-            inner = fwd * n_s * L + a.inner_steps * 6 * n_s * a.n_way * margs.d_model
-        else:
-            inner = (0 if lm else fwd * n_s * L) + a.inner_steps * full * n_s * L
-        return inner + full * n_q * L
-
-    def describe(self):
-        a = self.a
-        if a.task == "lm":
-            shape = f"lm, {a.k_shot} support + {a.n_query} query sequences of {a.episode_len} tokens from one document"
-        else:
-            shape = (f"smlmt {a.n_way}-way {a.k_shot}-shot {a.n_query}-query, windows of {a.episode_len} tokens, "
-                     f"{len(self.index['train'][3]):,} eligible word types")
-        return (f"{shape} = {self.tokens_per_episode():,} tokens/episode; inner loop {a.inner_steps} SGD steps "
-                f"at lr {a.inner_lr} on {a.inner_params}")
-
-    def evaluate(self, model, device, ctx):
-        """Query accuracy on the fixed val episodes before and after the inner loop."""
-        a = self.a
-        names = adapted_names(model, a.inner_params)
-        before, after = [], []
-        for ep in tqdm(self.val, desc="val episodes", leave=False):
-            ep = to_device(ep, device)
-            with ctx, torch.enable_grad():
-                support_loss, fast, query = episode_losses(model, ep, a, names, {})
-                with torch.no_grad():
-                    logits, y = query(fast)
-                before.append(accuracy(logits, y))
-                fast = {n: w.detach() for n, w in inner_loop(support_loss, fast, a.inner_steps, a.inner_lr).items()}
-                with torch.no_grad():
-                    logits, y = query(fast)
-                after.append(accuracy(logits, y))
-        return {"episode_acc_before": float(np.mean(before)), "episode_acc_after": float(np.mean(after))}
+    fwd = flops_per_token(margs, L, backward=False, lm_head=lm)
+    full = flops_per_token(margs, L, backward=True, lm_head=lm)
+    support = 0 if lm else (full if a.task == "smlmt" and a.proto_grad else fwd) * n_s * L
+    inner = 0 if a.inner_params == "head" else a.inner_steps * full * n_s * L
+    return support + inner + full * n_q * L
 
 
-def to_device(ep, device):
-    out = {k: torch.from_numpy(v).to(device) for k, v in ep.items() if k != "types"}
-    out["tokens"] = sum(v.numel() for k, v in out.items() if k.startswith("x"))
-    return out
+@torch.no_grad()
+def evaluate(model, head, val_episodes, a, device, ctx):
+    """Query accuracy and loss on the fixed val episodes before and after the inner loop."""
+    names = adapted_names(model, a.inner_params)
+    out = {"acc_before": [], "acc_after": [], "loss_before": [], "loss_after": []}
+    for ep in tqdm(val_episodes, desc="val episodes", leave=False, disable=None):
+        ep = eplib.to_device(ep, device)
+        with ctx:
+            support, fast, query = episode_fns(model, head, ep, a, names)  # no_grad: prototypes without a graph
+            with torch.enable_grad():
+                adapted = inner_loop(lambda f: ce(*support(f)), fast, a.inner_steps, a.inner_lr)
+            for when, f in (("before", fast), ("after", adapted)):
+                logits, y = query(f)
+                out[f"acc_{when}"].append(accuracy(logits, y))
+                out[f"loss_{when}"].append(ce(logits, y).item())
+    return {f"episode_{k}": float(np.mean(v)) if v else None for k, v in out.items()}
+
+
+def main(argv=None):
+    """The episode inspector: two decoded training episodes, then a check over many."""
+    p = argparse.ArgumentParser(description="Print two decoded training episodes and check that every window "
+                                "holds its masked word.", allow_abbrev=False)
+    p.add_argument("--data-dir", required=True, help="prepared by data.py")
+    p.add_argument("--seed", type=int, default=1337, help="the training run's seed (its episode stream)")
+    p.add_argument("--batch-size", type=int, default=32, help="as in train.py (sets the smlmt default --n-way)")
+    p.add_argument("--block-size", type=int, default=512, help="as in train.py (pico rows)")
+    p.add_argument("--episodes", type=int, default=100, help="episodes to check")
+    p.add_argument("--score", action="store_true", help="instead, score the fixed val episodes (query acc and loss "
+                   "before -> after the inner loop) with --ckpt's decoder, or a fresh 11m one at --seed")
+    p.add_argument("--ckpt", default=None, help="a train.py checkpoint for --score")
+    p.add_argument("--eval-episodes", type=int, default=16, help="fixed val episodes for --score (as in train.py)")
+    add_args(p)
+    a = p.parse_args(argv)
+    a.eval_episodes = a.eval_episodes if a.score else 0
+    check_args(a, "meta.py")
+    try:
+        dmeta = datalib.load_meta(a.data_dir)
+    except datalib.DataError as e:
+        raise SystemExit(f"meta.py: error: --data-dir: {e}")
+    tok = {s: np.memmap(Path(a.data_dir) / f"{s}.bin", dtype=dmeta["dtype"], mode="r") for s in ("train", "val")}
+    eps = eplib.Episodes(a, Path(a.data_dir), dmeta, tok["train"], tok["val"])
+    print(eps.describe())
+    if a.score:
+        return score(a, eps, dmeta)
+    good = n = 0
+    for i in range(a.episodes):
+        ep = eps.episode("train", np.random.default_rng([a.seed, eplib.STREAM_META, i]))
+        if i < 2:
+            print(f"\n== training episode {i}")
+            eplib.show(eps, ep)
+        g, m = eplib.check(eps, ep)
+        good, n = good + g, n + m
+    if a.task == "pico":
+        print(f"\nlabels that name their own token (the others are {'ignored' if a.pico_drop_outside else 'class 0'}): "
+              f"{good}/{n} over {a.episodes} episodes")
+    elif a.task == "smlmt":
+        print(f"\nmasked word present in {good}/{n} windows")
+
+
+def score(a, eps, dmeta):
+    from model import ModelArgs, Transformer, preset
+    torch.manual_seed(a.seed)
+    if a.ckpt:
+        try:
+            ckpt = torch.load(a.ckpt, map_location="cpu", weights_only=False)
+        except (OSError, RuntimeError) as e:
+            raise SystemExit(f"meta.py: error: --ckpt {a.ckpt}: cannot load ({e.__class__.__name__})")
+        model = Transformer(ModelArgs(**ckpt["model_args"]))
+        model.load_state_dict(ckpt["model"])
+    else:
+        model = Transformer(preset("11m", dmeta["vocab_size"], a.block_size))
+    head = make_head(a, model.args.d_model, model.args.vocab_size)
+    if a.ckpt and ckpt.get("config", {}).get("task") == a.task and "meta_head" in ckpt:
+        head.load_state_dict(ckpt["meta_head"])  # the trained temperature / pico MLP
+    r = evaluate(model, head, eps.val, a, "cpu", torch.autocast("cpu", enabled=False))
+    print(f"{a.ckpt or 'fresh init'}: {len(eps.val)} val episodes, query acc {r['episode_acc_before']:.3f} -> "
+          f"{r['episode_acc_after']:.3f}, loss {r['episode_loss_before']:.3f} -> {r['episode_loss_after']:.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -27,10 +27,11 @@ from tqdm import tqdm
 
 import data as datalib
 import dynamics
+import episodes as eplib
 import meta as metalib
 from model import PRESETS, ModelArgs, Transformer, count_params, flops_per_token, peak_flops, preset
 
-STREAM_LM, STREAM_VAL, STREAM_COIN, STREAM_PROBE = 0, 1, 2, 4  # (meta.py uses 3 and 5)
+STREAM_LM, STREAM_VAL, STREAM_COIN, STREAM_PROBE = 0, 1, 2, 4  # (episodes.py uses 3 and 5)
 VAL_SEED = 1234  # val batches are the same for every run, whatever its --seed
 
 
@@ -39,7 +40,7 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
 
 
 def get_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter, allow_abbrev=False)
     g = p.add_argument_group("data and output")
     g.add_argument("--data-dir", default=None, help="prepared by data.py (default: data/tinystories, made if missing)")
     g.add_argument("--out-dir", default="out", help="ckpt.pt, log.jsonl and dynamics.jsonl go here")
@@ -70,6 +71,9 @@ def get_args(argv=None):
     g.add_argument("--seed", type=int, default=1337, help="seeds the init and every data stream")
     metalib.add_args(p)
     args = p.parse_args(argv)
+    metalib.check_args(args)
+    if args.meta_start is None:  # meta steps from scratch hold the LM on the unigram plateau (README, Results)
+        args.meta_start = args.max_steps // 2
     args.given = {a.split("=")[0][2:].replace("-", "_") for a in (argv if argv is not None else sys.argv[1:])
                   if a.startswith("--")}
     return args
@@ -97,7 +101,7 @@ def get_batch(tokens, B, T, seed, stream, pos, device):
 def val_loss(model, val, a, device, ctx):
     model.eval()
     losses = []
-    for i in tqdm(range(a.eval_batches), desc="eval", leave=False):
+    for i in tqdm(range(a.eval_batches), desc="eval", leave=False, disable=None):
         x, y = get_batch(val, a.batch_size, a.block_size, VAL_SEED, STREAM_VAL, i, device)
         with ctx:
             losses.append(model(x, y)[1].item())
@@ -135,7 +139,11 @@ def main(argv=None):
             sys.exit(f"train.py: error: --resume: {out / 'ckpt.pt'} not found; train without --resume first")
         ckpt = torch.load(out / "ckpt.pt", map_location="cpu", weights_only=False)
         saved = ckpt["config"]  # the saved run's flags, except those given again now
-        a = argparse.Namespace(**{**saved, **{k: getattr(a, k) for k in a.given}, "resume": True, "given": a.given})
+        # today's defaults, then the saved run's flags, then those given again now
+        a = argparse.Namespace(**{**vars(a), **saved, **{k: getattr(a, k) for k in a.given}, "resume": True})
+        if "task" in a.given and "inner_params" not in a.given:
+            a.inner_params = None  # the task's own default, not the saved run's
+        metalib.check_args(a)
 
     # ---- data
     if a.data_dir is None:
@@ -174,14 +182,21 @@ def main(argv=None):
     torch.manual_seed(a.seed)
     margs = ModelArgs(**ckpt["model_args"]) if ckpt else preset(a.size, dmeta["vocab_size"], a.block_size)
     model = Transformer(margs).to(device)
-    decay = [p for p in model.parameters() if p.dim() >= 2]  # matrices decay; norm gains do not
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    head = metalib.make_head(a, margs.d_model, margs.vocab_size).to(device)  # episode head: temperature / pico MLP
+    params = [*model.parameters(), *head.parameters()]
+    decay = [p for p in params if p.dim() >= 2]  # matrices decay; norm gains and the temperature do not
+    no_decay = [p for p in params if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": a.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
                             lr=a.lr, betas=(0.9, 0.95), fused=device == "cuda")
     state = {"step": 0, "lm_pos": 0, "meta_pos": 0, "tokens": 0, "flops": 0.0, "elapsed_s": 0.0}
     if ckpt:
         model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
+        try:
+            head.load_state_dict(ckpt["meta_head"])
+            opt.load_state_dict(ckpt["optimizer"])
+        except (KeyError, ValueError, RuntimeError):
+            sys.exit(f"train.py: error: --resume: {out / 'ckpt.pt'} has another episode head (saved --task "
+                     f"{saved.get('task')}); resume with that --task or start a fresh --out-dir")
         state = ckpt["state"]
         set_rng_state(ckpt["rng"])
     lm_model = torch.compile(model) if a.compile else model  # meta steps use the plain module (torch.func)
@@ -190,12 +205,13 @@ def main(argv=None):
     lm_tokens = a.batch_size * a.block_size
     lm_flops = flops_per_token(margs, a.block_size) * lm_tokens
     peak = peak_flops(device)
-    episodes = metalib.Episodes(a, Path(a.data_dir), dmeta, train_tok, val_tok)  # val episodes for every run
+    episodes = eplib.Episodes(a, Path(a.data_dir), dmeta, train_tok, val_tok)  # val episodes for every run
     print(f"model {a.size}: {total:,} parameters ({non_emb:,} non-embedding), vocab {margs.vocab_size:,}")
     print(f"device {device}, dtype {dtype}, compile {a.compile}, seed {a.seed}")
     print(f"tokens per LM step: {lm_tokens:,} ({a.batch_size} x {a.block_size}), {lm_flops:.3g} FLOPs")
     if a.meta:
-        print(f"meta: {a.hybrid_ratio:.0%} of steps; {episodes.describe()}")
+        print(f"meta: {a.hybrid_ratio:.0%} of steps from step {a.meta_start}; {episodes.describe()}; inner loop "
+              f"{a.inner_steps} SGD steps at lr {a.inner_lr} on {a.inner_params}")
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "run.json").write_text(json.dumps({  # what compare.py needs without loading a checkpoint
@@ -229,13 +245,14 @@ def main(argv=None):
                "query_acc": float(np.mean(win["qry_acc"])) if win["qry_acc"] else None}
         if not math.isfinite(row["val_loss"]):  # never overwrite the last good checkpoint with a broken model
             diverged("val loss", row["val_loss"], state["step"])
-        row |= episodes.evaluate(model, device, ctx)  # episode_acc_before / _after on fixed val episodes
+        row |= metalib.evaluate(model, head, episodes.val, a, device, ctx)  # fixed val episodes, before / after
         with open(log_path, "a") as f:
             f.write(json.dumps(row) + "\n")
         tqdm.write(f"eval step {row['step']}: val loss {row['val_loss']:.4f} (ppl {math.exp(row['val_loss']):.1f}), "
                    f"val episodes acc {row['episode_acc_before']:.3f} -> {row['episode_acc_after']:.3f}")
         save_checkpoint(out / "ckpt.pt", {
-            "model": model.state_dict(), "optimizer": opt.state_dict(), "model_args": vars(margs),
+            "model": model.state_dict(), "meta_head": head.state_dict(), "optimizer": opt.state_dict(),
+            "model_args": vars(margs),
             "step": state["step"], "state": dict(state), "rng": rng_state(), "data_meta": dmeta,
             "config": {k: v for k, v in vars(a).items() if k != "given"}, "vocab_map": episodes.tok.old_of_new,
             "dynamics_probe": tuple(t.cpu() for t in dyn.probe) if dyn else None})
@@ -246,20 +263,20 @@ def main(argv=None):
         if dyn:
             dyn.measure(model, 0)
         evaluate()
-    bar = tqdm(range(state["step"], a.max_steps), initial=state["step"], total=a.max_steps, desc="train")
+    bar = tqdm(range(state["step"], a.max_steps), initial=state["step"], total=a.max_steps, desc="train", disable=None)
     for _ in bar:
         lr = lr_at(state["step"], a)
         for g in opt.param_groups:
             g["lr"] = lr
         t0 = time.perf_counter()
         coin = np.random.default_rng([a.seed, STREAM_COIN, state["step"]]).random()
-        if a.meta and coin < a.hybrid_ratio:  # a first-order MAML step on one episode
+        if a.meta and coin < a.hybrid_ratio and state["step"] >= a.meta_start:  # a first-order MAML step
             ep = episodes.train_episode(state["meta_pos"], device)
             with ctx:
-                loss, stats = metalib.meta_step(model, ep, a)
+                loss, stats = metalib.meta_step(model, head, ep, a)
             state["meta_pos"] += 1
             state["tokens"] += ep["tokens"]
-            state["flops"] += episodes.step_flops(margs)
+            state["flops"] += metalib.step_flops(a, margs)
             kind = "meta"
         else:  # a plain next-token step
             x, y = get_batch(train_tok, a.batch_size, a.block_size, a.seed, STREAM_LM, state["lm_pos"], device)
@@ -273,7 +290,7 @@ def main(argv=None):
         loss = loss.item()  # the NaN check needs it on the host; the sync also keeps ms/step honest
         if not math.isfinite(loss):  # stop before the bad step touches the weights
             diverged(f"{kind} loss", loss, state["step"] + 1)
-        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), a.grad_clip if a.grad_clip > 0 else float("inf"))
+        gnorm = torch.nn.utils.clip_grad_norm_(params, a.grad_clip if a.grad_clip > 0 else float("inf"))
         opt.step()
         opt.zero_grad(set_to_none=True)
         dt = time.perf_counter() - t0
@@ -282,7 +299,8 @@ def main(argv=None):
         if kind == "meta":
             win["meta_ms"].append(1000 * dt)
             win["meta_loss"].append(loss)
-            win["sup_acc"].append(stats["support_acc"])
+            if stats["support_acc"] is not None:  # lm episodes have no classes
+                win["sup_acc"].append(stats["support_acc"])
             win["qry_acc"].append(stats["query_acc"])
         else:
             win["lm_ms"].append(1000 * dt)
