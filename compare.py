@@ -111,16 +111,18 @@ def report(runs, targets, ner):
             out.append(f"| {t} | {r['name']} | " + " | ".join(cells) + f" | {times(s_steps)} | {times(s_flops)} |")
     out += ["", "## Final", "", "val episodes: the fixed val episodes' query accuracy and loss before -> after the inner "
             "loop; meta loss: the training episodes' query loss since the previous eval (last logged value).", "",
-            "| run | steps | val loss | perplexity | FLOPs | val episodes acc | val episodes loss | meta loss |",
-            "|---|---|---|---|---|---|---|---|"]
+            "| run | steps | val loss | perplexity | FLOPs | val episodes acc | val episodes loss | meta loss | "
+            "last layer's activation ER |", "|---|---|---|---|---|---|---|---|---|"]
     num = lambda v, fmt: "-" if v is None else format(v, fmt)
     for r in runs:
         f = r["log"][-1]
-        acc = f"{num(f.get('episode_acc_before'), '.3f')} -> {num(f.get('episode_acc_after'), '.3f')}"
-        eloss = f"{num(f.get('episode_loss_before'), '.3f')} -> {num(f.get('episode_loss_after'), '.3f')}"
+        def change(key):  # "before -> after (after - before)": what the inner loop bought
+            b, a = f.get(f"episode_{key}_before"), f.get(f"episode_{key}_after")
+            return "-" if b is None or a is None else f"{b:.3f} -> {a:.3f} ({a - b:+.3f})"
+        acc, eloss = change("acc"), change("loss")
         ml = next((row["meta_loss"] for row in reversed(r["log"]) if row.get("meta_loss") is not None), None)
         out.append(f"| {r['name']} | {f['step']} | {f['val_loss']:.4f} | {math.exp(f['val_loss']):.1f} | {f['flops']:.3g} "
-                   f"| {acc} | {eloss} | {num(ml, '.3f')} |")
+                   f"| {acc} | {eloss} | {num(ml, '.3f')} | {num(r['dyn'][-1]['er_act'][-1] if r['dyn'] else None, '.1f')} |")
     if ner:
         codes = sorted(set().union(*(n["results"] for n in ner)))
         out += ["", "## Universal NER F1 (%)", "", "| test set | " + " | ".join(r["name"] for r in runs) + " | " +

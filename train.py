@@ -74,8 +74,9 @@ def get_args(argv=None):
     metalib.check_args(args)
     if args.meta_start is None:  # meta steps from scratch hold the LM on the unigram plateau (README, Results)
         args.meta_start = args.max_steps // 2
-    args.given = {a.split("=")[0][2:].replace("-", "_") for a in (argv if argv is not None else sys.argv[1:])
-                  if a.startswith("--")}
+    # the dests of the flags typed on the command line (--no-proto-grad names proto_grad), which override a resumed run's
+    typed = [s.split("=")[0] for s in (argv if argv is not None else sys.argv[1:]) if s.startswith("--")]
+    args.given = {p._option_string_actions[s].dest for s in typed if s in p._option_string_actions}
     return args
 
 

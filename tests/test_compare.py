@@ -87,3 +87,14 @@ def test_refusals(tmp_path):
         compare.main([str(a), str(tmp_path / "empty"), "--out", str(tmp_path / "r.md")])
     with pytest.raises(SystemExit, match="--ner: 1 files for 2 runs"):
         compare.main([str(a), str(a), "--ner", "x.json", "--out", str(tmp_path / "r.md")])
+
+
+def test_final_table_shows_what_the_inner_loop_bought_and_the_meta_loss(tmp_path):
+    a = write_run(tmp_path / "a", [8, 6], dynamics=[(0, [5.0, 7.0], [[1.0]]), (10, [4.0, 3.5], [[1.0]])])
+    rows = [json.loads(line) for line in open(a / "log.jsonl")]
+    rows[-1] |= {"episode_loss_before": 1.0, "episode_loss_after": 0.75, "meta_loss": 0.9}
+    (a / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    compare.main([str(a), "--out", str(tmp_path / "r.md")])
+    final = next(line for line in (tmp_path / "r.md").read_text().splitlines() if line.startswith("| a |"))
+    assert "0.100 -> 0.200 (+0.100)" in final and "1.000 -> 0.750 (-0.250)" in final
+    assert final.endswith("| 0.900 | 3.5 |")  # meta loss, then the last layer's activation ER at the last row

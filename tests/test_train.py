@@ -85,3 +85,8 @@ def test_resume_refuses_data_prepared_with_another_vocabulary(data_dir, corpus_t
     data.prepare([str(corpus_txt)], tmp_path / "other", vocab_size=128, val_fraction=0.1)  # same source bytes
     with pytest.raises(SystemExit, match="is not the data the checkpoint was trained on"):
         run_train(tmp_path / "other", tmp_path / "run", "--resume", "--max-steps", 4)
+
+
+def test_flags_given_again_are_named_by_their_dest():
+    a = train.get_args(["--no-proto-grad", "--max-steps=9", "--meta"])
+    assert a.given == {"proto_grad", "max_steps", "meta"} and a.proto_grad is False
