@@ -44,26 +44,15 @@ def word_types(tok, counts, skip_top, min_count):
 
 
 def occurrence_index(tokens, types):
-    """CSR index: positions[offsets[j]:offsets[j+1]] are the positions of token types[j].
-    `types` may come in any order (word_types gives frequency order): the offsets are found in
-    id order and then put back in the order of `types`."""
-    is_type = np.zeros(max(int(tokens.max()), int(types.max(initial=0))) + 1, dtype=bool)
-    is_type[types] = True
-    pos = np.flatnonzero(is_type[tokens])
-    ids = np.asarray(tokens[pos], dtype=np.int64)
-    order = np.argsort(ids, kind="stable")
-    pos, ids = pos[order], ids[order]  # grouped by id, ascending
-    by_id = np.argsort(types, kind="stable")
-    lo = np.searchsorted(ids, types[by_id], side="left")
-    hi = np.searchsorted(ids, types[by_id], side="right")
-    counts = np.empty(len(types), dtype=np.int64)
-    counts[by_id] = hi - lo
-    starts = np.empty(len(types), dtype=np.int64)
-    starts[by_id] = lo
-    # re-pack the groups in the order of `types`, so offsets are a plain cumulative sum
-    offsets = np.concatenate([[0], np.cumsum(counts)])
-    packed = np.concatenate([pos[s : s + c] for s, c in zip(starts, counts)]) if len(types) else pos[:0]
-    return offsets, packed
+    """CSR index: positions[offsets[j]:offsets[j+1]] are the positions of token types[j], for
+    `types` in any order (word_types gives frequency order, not id order)."""
+    rank = np.full(max(int(tokens.max()), int(types.max(initial=0))) + 1, -1, dtype=np.int64)
+    rank[types] = np.arange(len(types))  # id -> its index in `types`
+    r = rank[tokens]
+    pos = np.flatnonzero(r >= 0)
+    pos = pos[np.argsort(r[pos], kind="stable")]  # grouped in the order of `types`, ascending within
+    offsets = np.concatenate([[0], np.cumsum(np.bincount(r[r >= 0], minlength=len(types)))])
+    return offsets, pos
 
 
 def cache_key(dmeta, a):
