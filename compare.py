@@ -130,6 +130,20 @@ def report(runs, targets, ner):
         for code in codes + ["average"]:
             f1 = [100 * (n["avg_f1"] if code == "average" else n["results"].get(code, {}).get("f1", float("nan"))) for n in ner]
             out.append(f"| {code} | " + " | ".join(f"{v:.2f}" for v in f1) + " | " + " | ".join(f"{v - f1[0]:+.2f}" for v in f1[1:]) + " |")
+    learned = [r for r in runs if r["log"][-1].get("inner_lrs")]
+    if learned:
+        out += ["", "## Learned inner step sizes (--learn-inner-lr)", "",
+                "Per layer, at the last eval: the geometric mean of its tensors' step sizes, and the smallest and "
+                "largest (smlmt's head.w steps in logit units; the others in parameter units).", ""]
+        for r in learned:
+            first = next(x["inner_lrs"] for x in r["log"] if x.get("inner_lrs"))
+            out += [f"`{r['name']}` (started at {min(first.values()):.3g}):", "",
+                    "| layer | tensors | geometric mean | smallest | largest |", "|---|---|---|---|---|"]
+            for layer, lrs in lr_layers(r["log"][-1]["inner_lrs"]).items():
+                lo, hi = min(lrs, key=lrs.get), max(lrs, key=lrs.get)
+                gm = math.exp(np.mean(np.log(list(lrs.values()))))
+                out.append(f"| {layer} | {len(lrs)} | {gm:.4g} | {lrs[lo]:.4g} ({lo}) | {lrs[hi]:.4g} ({hi}) |")
+            out.append("")
     with_dyn = [r for r in runs if len(r["dyn"]) >= 2]
     for title, values in (("activation effective rank", lambda row: row["er_act"]),
                           ("mean head entropy (nats)", lambda row: [float(np.mean(h)) for h in row["attn_entropy"]])):
@@ -145,6 +159,17 @@ def report(runs, targets, ner):
             out.append(f"| {l} | " + " | ".join(f"{s[l]['peak_step']} / {s[l]['rise']:+.2f} / {s[l]['fall']:+.2f} | "
                                                  f"{s[l]['trough_step']} / {s[l]['rebound']:+.2f}" for s in sums) + " |")
     return "\n".join(out) + "\n", summary
+
+
+def lr_layers(inner_lrs):
+    """{layer: {tensor: step size}}: the embedding, each block, the final norm, the episode head."""
+    out = {}
+    for name, lr in inner_lrs.items():
+        parts = name.split(".")
+        layer = f"block {parts[1]}" if parts[0] == "layers" else {"tok_emb": "embedding", "norm": "final norm"}.get(parts[0], parts[0])
+        tensor = ".".join(parts[2:-1] if parts[0] == "layers" else parts[1:]) or parts[0]
+        out.setdefault(layer, {})[tensor] = lr
+    return out
 
 
 def plots(runs, out_dir):
@@ -177,6 +202,15 @@ def plots(runs, out_dir):
             ax.set_title(r["name"]), ax.set_xlabel("step"), ax.set_ylabel(ylabel), ax.grid(alpha=0.3)
         axes[0][-1].legend(fontsize=6, ncol=2, loc="best", framealpha=0.6)
         files.append(save(fig, out_dir / name))
+    for r in [r for r in runs if r["log"][-1].get("inner_lrs")]:  # learned step size per block, one line per tensor
+        layers = lr_layers(r["log"][-1]["inner_lrs"])
+        blocks = sorted((int(k.split()[1]), v) for k, v in layers.items() if k.startswith("block "))
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for t in sorted({t for _, v in blocks for t in v}):
+            ax.plot([b for b, v in blocks if t in v], [v[t] for _, v in blocks if t in v], marker=".", label=t)
+        ax.set_yscale("log"), ax.set_xlabel("block"), ax.set_ylabel("learned inner step size"), ax.grid(alpha=0.3)
+        ax.set_title(f"{r['name']}, step {r['log'][-1]['step']}"), ax.legend(fontsize=7)
+        files.append(save(fig, out_dir / f"inner_lrs_{r['name']}.png"))
     return files
 
 

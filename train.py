@@ -142,8 +142,9 @@ def main(argv=None):
         saved = ckpt["config"]  # the saved run's flags, except those given again now
         # today's defaults, then the saved run's flags, then those given again now
         a = argparse.Namespace(**{**vars(a), **saved, **{k: getattr(a, k) for k in a.given}, "resume": True})
-        if "task" in a.given and "inner_params" not in a.given:
-            a.inner_params = None  # the task's own default, not the saved run's
+        for k in ("inner_params", "inner_lr"):
+            if "task" in a.given and k not in a.given:
+                setattr(a, k, None)  # the task's own default, not the saved run's
         metalib.check_args(a)
 
     # ---- data
@@ -184,8 +185,9 @@ def main(argv=None):
     margs = ModelArgs(**ckpt["model_args"]) if ckpt else preset(a.size, dmeta["vocab_size"], a.block_size)
     model = Transformer(margs).to(device)
     head = metalib.make_head(a, margs.d_model, margs.vocab_size).to(device)  # episode head: temperature / pico MLP
-    params = [*model.parameters(), *head.parameters()]
-    decay = [p for p in params if p.dim() >= 2]  # matrices decay; norm gains and the temperature do not
+    inner = metalib.make_inner_lrs(a, metalib.fast_names(model, head, a)).to(device)  # --learn-inner-lr's log step sizes
+    params = [*model.parameters(), *head.parameters(), *inner.parameters()]
+    decay = [p for p in params if p.dim() >= 2]  # matrices decay; norm gains, temperature and step sizes do not
     no_decay = [p for p in params if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": a.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
                             lr=a.lr, betas=(0.9, 0.95), fused=device == "cuda")
@@ -194,10 +196,12 @@ def main(argv=None):
         model.load_state_dict(ckpt["model"])
         try:
             head.load_state_dict(ckpt["meta_head"])
+            inner.load_state_dict(ckpt.get("inner_lrs", {}))
             opt.load_state_dict(ckpt["optimizer"])
         except (KeyError, ValueError, RuntimeError):
-            sys.exit(f"train.py: error: --resume: {out / 'ckpt.pt'} has another episode head (saved --task "
-                     f"{saved.get('task')}); resume with that --task or start a fresh --out-dir")
+            sys.exit(f"train.py: error: --resume: {out / 'ckpt.pt'} has another episode head or other learned step "
+                     f"sizes (saved --task {saved.get('task')}, --inner-params {saved.get('inner_params')}, "
+                     f"--learn-inner-lr {saved.get('learn_inner_lr', False)}); resume with those or start a fresh --out-dir")
         state = ckpt["state"]
         set_rng_state(ckpt["rng"])
     lm_model = torch.compile(model) if a.compile else model  # meta steps use the plain module (torch.func)
@@ -212,7 +216,8 @@ def main(argv=None):
     print(f"tokens per LM step: {lm_tokens:,} ({a.batch_size} x {a.block_size}), {lm_flops:.3g} FLOPs")
     if a.meta:
         print(f"meta: {a.hybrid_ratio:.0%} of steps from step {a.meta_start}; {episodes.describe()}; inner loop "
-              f"{a.inner_steps} SGD steps at lr {a.inner_lr} on {a.inner_params}")
+              f"{a.inner_steps} SGD steps at lr {a.inner_lr} on {a.inner_params}"
+              + (f", {len(inner)} step sizes learned" if inner else ""))
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "run.json").write_text(json.dumps({  # what compare.py needs without loading a checkpoint
@@ -246,13 +251,16 @@ def main(argv=None):
                "query_acc": float(np.mean(win["qry_acc"])) if win["qry_acc"] else None}
         if not math.isfinite(row["val_loss"]):  # never overwrite the last good checkpoint with a broken model
             diverged("val loss", row["val_loss"], state["step"])
-        row |= metalib.evaluate(model, head, episodes.val, a, device, ctx)  # fixed val episodes, before / after
+        row |= metalib.evaluate(model, head, episodes.val, a, device, ctx, inner)  # fixed val episodes, before / after
+        if inner:
+            row["inner_lrs"] = metalib.inner_lrs_now(inner)
         with open(log_path, "a") as f:
             f.write(json.dumps(row) + "\n")
         tqdm.write(f"eval step {row['step']}: val loss {row['val_loss']:.4f} (ppl {math.exp(row['val_loss']):.1f}), "
                    f"val episodes acc {row['episode_acc_before']:.3f} -> {row['episode_acc_after']:.3f}")
         save_checkpoint(out / "ckpt.pt", {
-            "model": model.state_dict(), "meta_head": head.state_dict(), "optimizer": opt.state_dict(),
+            "model": model.state_dict(), "meta_head": head.state_dict(), "inner_lrs": inner.state_dict(),
+            "optimizer": opt.state_dict(),
             "model_args": vars(margs),
             "step": state["step"], "state": dict(state), "rng": rng_state(), "data_meta": dmeta,
             "config": {k: v for k, v in vars(a).items() if k != "given"}, "vocab_map": episodes.tok.old_of_new,
@@ -274,7 +282,7 @@ def main(argv=None):
         if a.meta and coin < a.hybrid_ratio and state["step"] >= a.meta_start:  # a first-order MAML step
             ep = episodes.train_episode(state["meta_pos"], device)
             with ctx:
-                loss, stats = metalib.meta_step(model, head, ep, a)
+                loss, stats = metalib.meta_step(model, head, ep, a, inner)
             state["meta_pos"] += 1
             state["tokens"] += ep["tokens"]
             state["flops"] += metalib.step_flops(a, margs)

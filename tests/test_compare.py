@@ -98,3 +98,16 @@ def test_final_table_shows_what_the_inner_loop_bought_and_the_meta_loss(tmp_path
     final = next(line for line in (tmp_path / "r.md").read_text().splitlines() if line.startswith("| a |"))
     assert "0.100 -> 0.200 (+0.100)" in final and "1.000 -> 0.750 (-0.250)" in final
     assert final.endswith("| 0.900 | 3.5 |")  # meta loss, then the last layer's activation ER at the last row
+
+
+def test_learned_inner_step_sizes_are_reported_per_layer(tmp_path):
+    a = write_run(tmp_path / "a", [8, 6])
+    rows = [json.loads(line) for line in open(a / "log.jsonl")]
+    rows[0]["inner_lrs"] = {"layers.0.attn.q.weight": 0.1, "layers.0.mlp.w1.weight": 0.1, "head.w": 0.1}
+    rows[-1]["inner_lrs"] = {"layers.0.attn.q.weight": 0.4, "layers.0.mlp.w1.weight": 0.1, "head.w": 2.0}
+    (a / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    compare.main([str(a), "--out", str(tmp_path / "r.md")])
+    text = (tmp_path / "r.md").read_text()
+    assert "`a` (started at 0.1)" in text
+    assert "| block 0 | 2 | 0.2 | 0.1 (mlp.w1) | 0.4 (attn.q) |" in text  # geometric mean of 0.4 and 0.1
+    assert "| head | 1 | 2 | 2 (w) | 2 (w) |" in text

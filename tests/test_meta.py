@@ -59,7 +59,7 @@ def test_inner_loop_lowers_the_support_loss(data_dir):
         a, eps, model, _, head = setup(data_dir, "--inner-params", spec, "--inner-lr", "0.05")
         ep = eplib.to_device(eps.val[0], "cpu")
         names = meta.adapted_names(model, spec)
-        support, fast, _ = meta.episode_fns(model, head, ep, a, names)
+        support, fast, _, _ = meta.episode_fns(model, head, ep, a, names)
         support_loss = lambda f: meta.ce(*support(f))
         # prototypes often fit a tiny support set exactly (loss 0): start from an uninformed head
         fast |= {n: torch.zeros_like(w).requires_grad_() for n, w in fast.items() if n.startswith("head.")}
@@ -109,7 +109,7 @@ def test_episode_labels_are_permuted_and_sampler_is_deterministic(data_dir):
 
 def test_lm_episodes_come_from_one_document(data_dir):
     a, eps, model, dmeta, head = setup(data_dir, "--task", "lm")
-    assert a.inner_params == "top-1"
+    assert a.inner_params == meta.INNER_PARAMS["lm"] != "head"
     ep = eps.episode("train", np.random.default_rng(1))
     assert ep["xs"].shape == (a.k_shot, a.episode_len) and ep["yq"].shape == (a.n_query, a.episode_len)
     assert not (np.concatenate([ep["xs"], ep["xq"]]) == dmeta["eot_id"]).any()
@@ -128,7 +128,10 @@ def test_hybrid_ratio_zero_reproduces_vanilla_exactly(data_dir, tmp_path):
     van = run_train(data_dir, tmp_path / "v", "--max-steps", 6, "--eval-every", 3, "--dynamics-every", 0)
     met = run_train(data_dir, tmp_path / "m", "--max-steps", 6, "--eval-every", 3, "--dynamics-every", 0,
                     "--meta", "--hybrid-ratio", 0)
-    assert [(r["train_loss"], r["val_loss"]) for r in van] == [(r["train_loss"], r["val_loss"]) for r in met]
+    learned = run_train(data_dir, tmp_path / "l", "--max-steps", 6, "--eval-every", 3, "--dynamics-every", 0,
+                        "--meta", "--hybrid-ratio", 0, "--learn-inner-lr")  # step sizes in the optimiser, never stepped
+    want = [(r["train_loss"], r["val_loss"]) for r in van]
+    assert want == [(r["train_loss"], r["val_loss"]) for r in met] == [(r["train_loss"], r["val_loss"]) for r in learned]
 
 
 def test_meta_run_sees_the_vanilla_lm_batches_in_order(data_dir, tmp_path, monkeypatch):
@@ -228,7 +231,7 @@ def test_head_only_inner_loop_runs_the_backbone_once_per_set(data_dir):
 def test_episode_head_logits_stay_float32_under_bf16_autocast(data_dir):
     a, eps, model, _, head = setup(data_dir)
     ep = eps.train_episode(0, "cpu")
-    support, fast, _ = meta.episode_fns(model, head, ep, a, [])
+    support, fast, _, _ = meta.episode_fns(model, head, ep, a, [])
     f = meta.features(model, dict(model.named_parameters()), ep["xs"], ep["ps"], a.episode_feature).detach()
     f = f * head["log_scale"].exp().detach() * 30  # large features, as after training: bf16 would be off by units
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -264,3 +267,64 @@ def test_episode_head_is_checkpointed_and_resumed_exactly(data_dir, tmp_path, ta
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     init = meta.make_head(train.get_args(["--task", task]), 96, 256).state_dict()
     assert any(not torch.equal(a[k], init[k]) for k in a)  # the outer optimiser trained the head
+
+
+# ----------------------------------------------------------------------------- the inner loop's step (issue: the inner loop must matter)
+
+@pytest.mark.parametrize("task", ["smlmt", "pico", "lm"])
+def test_no_inner_step_leaves_the_query_exactly_as_before(data_dir, task):
+    for flags in (("--inner-steps", 0), ("--inner-lr", 0)):
+        a, eps, model, _, head = setup(data_dir, "--task", task, "--inner-params", "top-1", *flags)
+        r = meta.evaluate(model, head, eps.val, a, "cpu", torch.autocast("cpu", enabled=False))
+        assert r["episode_loss_after"] == r["episode_loss_before"] and r["episode_acc_after"] == r["episode_acc_before"]
+    a, eps, model, _, head = setup(data_dir, "--task", task, "--inner-params", "top-1", "--inner-lr", 0.3)
+    r = meta.evaluate(model, head, eps.val, a, "cpu", torch.autocast("cpu", enabled=False))
+    assert r["episode_loss_after"] != r["episode_loss_before"]  # and a real step does change it
+
+
+def test_learned_step_size_gets_the_first_order_meta_sgd_gradient(data_dir):
+    # fast = w - exp(log_lr) * sum_i g_i, so d L_Q / d log_lr = -exp(log_lr) * <grad L_Q(phi), sum_i g_i>
+    a, eps, model, _, head = setup(data_dir, "--meta", "--task", "lm", "--inner-params", "top-1", "--learn-inner-lr",
+                                   "--inner-lr", 0.05, "--inner-steps", 3)
+    inner = meta.make_inner_lrs(a, meta.fast_names(model, head, a))
+    names = meta.adapted_names(model, "top-1")
+    assert sorted(k.replace("/", ".") for k in inner) == sorted(names)
+    with torch.no_grad():  # give each tensor its own step size, so a mix-up between tensors shows
+        for i, p in enumerate(inner.values()):
+            p.copy_(torch.tensor(np.log(0.05 * (1 + 0.1 * i))))
+    ep = eps.train_episode(0, "cpu")
+    meta.meta_step(model, head, ep, a, inner)
+
+    params = dict(model.named_parameters())
+    lm_loss = lambda fast, x, y: meta.ce(functional_call(model, {**params, **fast}, (x,))[0], y)
+    lr = {n: inner[meta.lr_key(n)].exp().item() for n in names}
+    phi = {n: params[n].detach().clone() for n in names}
+    total = {n: torch.zeros_like(w) for n, w in phi.items()}
+    for _ in range(3):  # the inner loop by hand
+        phi = {n: w.requires_grad_() for n, w in phi.items()}
+        g = dict(zip(names, torch.autograd.grad(lm_loss(phi, ep["xs"], ep["ys"]), list(phi.values()))))
+        phi = {n: (phi[n] - lr[n] * g[n]).detach() for n in names}
+        total = {n: total[n] + g[n] for n in names}
+    phi = {n: w.requires_grad_() for n, w in phi.items()}
+    gq = dict(zip(names, torch.autograd.grad(lm_loss(phi, ep["xq"], ep["yq"]), list(phi.values()))))
+    for n in names:
+        want = -lr[n] * (gq[n] * total[n]).sum()
+        got = inner[meta.lr_key(n)].grad
+        assert torch.allclose(got, want, rtol=1e-3, atol=1e-7), n
+    assert any(inner[meta.lr_key(n)].grad.abs() > 1e-6 for n in names)
+
+
+def test_learned_step_sizes_are_logged_checkpointed_and_resumed(data_dir, tmp_path):
+    common = ("--meta", "--meta-start", 0, "--learn-inner-lr", "--inner-params", "top-1", "--dynamics-every", 0)
+    full = run_train(data_dir, tmp_path / "full", "--max-steps", 10, "--eval-every", 5, *common)
+    run_train(data_dir, tmp_path / "half", "--max-steps", 5, "--decay-steps", 10, "--eval-every", 5, *common)
+    resumed = run_train(data_dir, tmp_path / "half", "--resume", "--max-steps", 10)
+    first, last = full[0]["inner_lrs"], full[-1]["inner_lrs"]
+    assert set(first) == {"head.w", "head.b", *meta.adapted_names(Transformer(preset("11m", 256, 32)), "top-1")}
+    assert all(v == pytest.approx(0.1) for v in first.values())  # TINY's --inner-lr
+    assert any(abs(last[k] - first[k]) > 1e-4 for k in last)  # the outer optimiser moved them
+    assert resumed[-1]["inner_lrs"] == last and resumed[-1]["meta_loss"] == full[-1]["meta_loss"]
+    ckpt = torch.load(tmp_path / "half" / "ckpt.pt", weights_only=False)
+    assert {k.replace("/", "."): round(v.exp().item(), 6) for k, v in ckpt["inner_lrs"].items()} == last
+    with pytest.raises(SystemExit, match="other learned step sizes"):
+        run_train(data_dir, tmp_path / "half", "--resume", "--max-steps", 12, "--inner-params", "top-2")
