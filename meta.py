@@ -45,7 +45,7 @@ from model import flops_per_token
 # Inner-loop defaults, chosen by the sweep in the README (python meta.py --score --sweep-lr ...
 # on a 600-step vanilla checkpoint): the step that lowers the val episodes' query loss most
 # without hurting their accuracy.
-INNER_LR = {"smlmt": 1.0, "pico": 0.1, "lm": 0.1}
+INNER_LR = {"smlmt": 2.0, "pico": 0.1, "lm": 0.1}
 INNER_PARAMS = {"smlmt": "head", "pico": "head", "lm": "all"}
 
 
