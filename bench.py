@@ -38,7 +38,8 @@ def timed(fn, warmup, steps, device):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                allow_abbrev=False)
     p.add_argument("--data-dir", required=True)
     p.add_argument("--size", default="11m")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])

@@ -25,7 +25,18 @@ class CompareError(Exception):
 
 
 def read_jsonl(path):
-    return [json.loads(line) for line in open(path) if line.strip()]
+    """The rows of a jsonl log. A torn last line (a run killed mid-write) is dropped with a
+    warning; a bad line elsewhere is an error naming the file and line."""
+    lines = [(i, line) for i, line in enumerate(open(path), 1) if line.strip()]
+    rows = []
+    for i, line in lines:
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i != lines[-1][0]:
+                raise CompareError(f"{path} line {i} is not JSON; the log is damaged") from None
+            print(f"warning: {path} line {i} is torn (the run was killed while writing it); ignored", file=sys.stderr)
+    return rows
 
 
 def load_run(d):
@@ -221,7 +232,8 @@ def save(fig, path):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                allow_abbrev=False)
     p.add_argument("runs", nargs="+", help="train.py output directories; the first is the baseline")
     p.add_argument("--targets", help="comma-separated val losses (default: spread over what every run crosses)")
     p.add_argument("--ner", help="comma-separated eval_ner.py --out files, one per run, in the same order")

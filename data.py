@@ -83,16 +83,44 @@ class Tokenizer:
 
 
 def fingerprint(meta):
-    """What makes two prepared datasets the same tokens: the encoding, the vocabulary (size) and
-    the bytes of the sources. Used to refuse resuming or comparing across different data."""
-    return meta.get("encoding"), meta.get("vocab_size"), [s.get("sha256") for s in meta.get("sources", [])]
+    """What makes two prepared datasets the same tokens in the same splits: the encoding, the
+    vocabulary (size), the bytes of the sources, the text field read and the val fraction. Used
+    to refuse resuming or comparing across different data."""
+    return (meta.get("encoding"), meta.get("vocab_size"), [s.get("sha256") for s in meta.get("sources", [])],
+            meta.get("text_field"), meta.get("val_fraction"))
 
 
 def load_meta(data_dir):
     path = Path(data_dir) / "meta.json"
     if not path.exists():
         raise DataError(f"{path} not found; prepare the data first: python data.py --source SRC --out-dir {data_dir}")
-    return json.loads(path.read_text())
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        raise DataError(f"{path} is corrupt; re-run data.py --out-dir {data_dir}") from None
+
+
+def load_bins(data_dir, meta):
+    """train.bin and val.bin, memory-mapped, each checked against the token count in meta.json:
+    a cut or half-copied file must not train silently."""
+    bins = []
+    for split in ("train", "val"):
+        path = Path(data_dir) / f"{split}.bin"
+        want = meta[f"{split}_tokens"] * np.dtype(meta["dtype"]).itemsize
+        size = path.stat().st_size if path.exists() else None
+        if size != want:
+            have = "is missing" if size is None else f"has {size:,} bytes"
+            raise DataError(f"{path} {have}, but meta.json says {meta[f'{split}_tokens']:,} {meta['dtype']} tokens "
+                            f"({want:,} bytes); re-run data.py --out-dir {data_dir}")
+        bins.append(np.memmap(path, dtype=meta["dtype"], mode="r"))
+    return bins
+
+
+def write_atomic(path, write):
+    """write(tmp_path), then rename: a kill leaves the old file or the new one, never half of one."""
+    tmp = Path(path).with_name(Path(path).name + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)
 
 
 # ----------------------------------------------------------------------------- reading sources
@@ -109,14 +137,15 @@ def download(url, cache_dir=CACHE_DIR):
     try:
         with urllib.request.urlopen(url, timeout=30) as r, open(tmp, "wb") as f:
             total = int(r.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {dest.name}") as bar:
+            with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {dest.name}", disable=None) as bar:
                 while chunk := r.read(1 << 20):
                     f.write(chunk)
                     bar.update(len(chunk))
     except OSError as e:
         tmp.unlink(missing_ok=True)
-        raise DataError(f"cannot download {url} ({e.__class__.__name__}); offline? "
-                        "pass --source with a local copy (a .txt, .jsonl or directory)") from None
+        raise DataError(f"cannot download {url} ({e.__class__.__name__}); offline? prepare a local copy (a .txt, "
+                        ".jsonl or directory) with: python data.py --source PATH --out-dir DIR, then train "
+                        "with --data-dir DIR") from None
     tmp.rename(dest)
     return dest
 
@@ -189,7 +218,7 @@ def prepare(sources, out_dir, vocab_size=None, val_fraction=0.01, text_field="te
     splits = {"train": [], "val": []}
     n_docs = {"train": 0, "val": 0}
     i = 0
-    with tqdm(desc="tokenize", unit="doc") as bar:
+    with tqdm(desc="tokenize", unit="doc", disable=None) as bar:
         for f in files:
             batch = []
             for doc in read_documents(f, text_field):
@@ -220,7 +249,7 @@ def prepare(sources, out_dir, vocab_size=None, val_fraction=0.01, text_field="te
         new_of_old[eot] = 0
         train, val = new_of_old[train], new_of_old[val]
         Path(out_dir).mkdir(parents=True, exist_ok=True)
-        np.save(Path(out_dir) / "vocab_map.npy", old_of_new)
+        write_atomic(Path(out_dir) / "vocab_map.npy", lambda t: np.save(open(t, "wb"), old_of_new))
         meta |= {"vocab_size": vocab_size, "eot_id": 0, "unk_id": 1, "mask_id": 2, "vocab_map": "vocab_map.npy",
                  "unk_rate_train": float((train == 1).mean()), "unk_rate_val": float((val == 1).mean())}
     else:  # full cl100k; the mask gets the first id past the real ones (inside the padding)
@@ -229,12 +258,13 @@ def prepare(sources, out_dir, vocab_size=None, val_fraction=0.01, text_field="te
     dtype = np.uint16 if meta["vocab_size"] <= 65536 else np.uint32
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    (out / "meta.json").unlink(missing_ok=True)  # no meta.json until the bins it describes are whole
     for name, arr in (("train", train), ("val", val)):
-        arr.astype(dtype).tofile(out / f"{name}.bin")
+        write_atomic(out / f"{name}.bin", arr.astype(dtype).tofile)
     meta |= {"dtype": np.dtype(dtype).name, "train_tokens": int(len(train)), "val_tokens": int(len(val)),
              "train_docs": n_docs["train"], "val_docs": n_docs["val"],
              "sources": [{"path": str(f), "sha256": sha256(f)} for f in files]}
-    (out / "meta.json").write_text(json.dumps(meta, indent=2))
+    write_atomic(out / "meta.json", lambda t: t.write_text(json.dumps(meta, indent=2)))
     return meta
 
 
@@ -248,7 +278,8 @@ def _tokenize(enc, docs, i, val_fraction, splits, n_docs, eot):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                allow_abbrev=False)
     p.add_argument("--source", action="append", help="URL, file or directory (repeatable); default: TinyStories")
     p.add_argument("--out-dir", required=True, help="where train.bin, val.bin and meta.json go")
     p.add_argument("--vocab-size", type=int, default=None, help="keep only the N most frequent train token ids")

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+import checkpoint
 import data as datalib
 from model import ModelArgs, Transformer
 
@@ -105,7 +106,7 @@ def find_datasets(uner_dir):
 
 
 def download_uner(cache):
-    for code, (repo, commit, splits) in tqdm(UNER.items(), desc="download UNER v1"):
+    for code, (repo, commit, splits) in tqdm(UNER.items(), desc="download UNER v1", disable=None):
         for split in splits.split():
             dest = Path(cache) / code / f"{split}.iob2"
             if not dest.exists():
@@ -202,7 +203,7 @@ def sentence_features(model, items, pad_id, device, desc):
     model.eval()
     out = []
     with torch.no_grad():
-        for ids, labels, chunk in tqdm(batches(items, 64, pad_id, device), desc=desc, leave=False,
+        for ids, labels, chunk in tqdm(batches(items, 64, pad_id, device), desc=desc, leave=False, disable=None,
                                        total=-(-len(items) // 64)):
             f, _ = first_token_states(model, ids, labels)
             out += list(f.split([x["kept"] for x in chunk]))
@@ -236,7 +237,7 @@ def probe(model, train_items, dev_items, a, pad_id, device):
         order = torch.randperm(len(train_items), generator=g).tolist()
         losses = []
         steps = range(0, len(order), a.batch_size)
-        for s in tqdm(steps, desc=f"epoch {epoch + 1}/{a.epochs}", leave=False):
+        for s in tqdm(steps, desc=f"epoch {epoch + 1}/{a.epochs}", leave=False, disable=None):
             idx = order[s : s + a.batch_size]
             if a.mode == "head":
                 f = torch.cat([train_feats[i] for i in idx])  # (n_words, d)
@@ -266,11 +267,10 @@ def probe(model, train_items, dev_items, a, pad_id, device):
 
 
 def load_checkpoint(path, device):
-    if not Path(path).exists():
-        raise NERError(f"--ckpt {path}: not found; train one first with train.py")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    if not isinstance(ckpt, dict) or "model_args" not in ckpt:
-        raise NERError(f"--ckpt {path}: not a train.py checkpoint")
+    try:
+        ckpt = checkpoint.load(path, fallback=False)  # weights_only: a checkpoint file runs no code
+    except checkpoint.CheckpointError as e:
+        raise NERError(f"--ckpt {e}" + ("; train one first with train.py" if "not found" in str(e) else "")) from None
     model = Transformer(ModelArgs(**ckpt["model_args"]))
     model.load_state_dict(ckpt["model"])
     # the trimmed vocabulary's map travels in the checkpoint; older ones point at their data dir
@@ -279,7 +279,8 @@ def load_checkpoint(path, device):
 
 
 def parse(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                allow_abbrev=False)
     p.add_argument("--ckpt", required=True, help="a train.py checkpoint (OUT/ckpt.pt)")
     p.add_argument("--uner-dir", help="local UNER copy laid out as DIR/<code>/{train,dev,test}.iob2")
     p.add_argument("--download", action="store_true", help="fetch UNER v1 from GitHub into --cache-dir")
@@ -328,7 +329,7 @@ def run(a):
 
     results = {}
     tests = {c: s["test"] for c, s in sets.items() if "test" in s}
-    for c, path in tqdm(tests.items(), desc="test sets"):
+    for c, path in tqdm(tests.items(), desc="test sets", disable=None):
         items = enc(path)
         preds = predict(head, sentence_features(model, items, pad, device, c), items)
         results[c] = score([x["tags"] for x in items], preds)

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch.func import functional_call
 from tqdm import tqdm
 
+import checkpoint
 import data as datalib
 import episodes as eplib
 from model import flops_per_token
@@ -349,10 +350,10 @@ def main(argv=None):
     check_args(a, "meta.py")
     try:
         dmeta = datalib.load_meta(a.data_dir)
+        train_tok, val_tok = datalib.load_bins(a.data_dir, dmeta)
     except datalib.DataError as e:
         raise SystemExit(f"meta.py: error: --data-dir: {e}")
-    tok = {s: np.memmap(Path(a.data_dir) / f"{s}.bin", dtype=dmeta["dtype"], mode="r") for s in ("train", "val")}
-    eps = eplib.Episodes(a, Path(a.data_dir), dmeta, tok["train"], tok["val"])
+    eps = eplib.Episodes(a, Path(a.data_dir), dmeta, train_tok, val_tok)
     print(eps.describe())
     if a.score:
         return score(a, eps, dmeta)
@@ -376,9 +377,9 @@ def score(a, eps, dmeta):
     torch.manual_seed(a.seed)
     if a.ckpt:
         try:
-            ckpt = torch.load(a.ckpt, map_location="cpu", weights_only=False)
-        except (OSError, RuntimeError) as e:
-            raise SystemExit(f"meta.py: error: --ckpt {a.ckpt}: cannot load ({e.__class__.__name__})")
+            ckpt = checkpoint.load(a.ckpt, fallback=False)
+        except checkpoint.CheckpointError as e:
+            raise SystemExit(f"meta.py: error: --ckpt {e}")
         model = Transformer(ModelArgs(**ckpt["model_args"]))
         model.load_state_dict(ckpt["model"])
     else:

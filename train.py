@@ -14,8 +14,6 @@ meta run sees exactly the LM batches of the vanilla run with the same seed, in t
 import argparse
 import json
 import math
-import os
-import random
 import sys
 import time
 from contextlib import nullcontext
@@ -25,6 +23,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+import checkpoint
 import data as datalib
 import dynamics
 import episodes as eplib
@@ -110,25 +109,28 @@ def val_loss(model, val, a, device, ctx):
     return float(np.mean(losses))
 
 
-def save_checkpoint(path, obj):
-    tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)  # atomic: a crash mid-write never leaves a half checkpoint
+# Flags a resumed run cannot change: the model's shape, the data streams, and what the episode
+# head and the learned step sizes are. All others given again take effect (README, Resume).
+FIXED_ON_RESUME = ("size", "block_size", "seed", "task", "inner_params", "learn_inner_lr")
 
 
-def rng_state():
-    s = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        s["cuda"] = torch.cuda.get_rng_state_all()
-    return s
-
-
-def set_rng_state(s):
-    torch.set_rng_state(s["torch"])
-    np.random.set_state(s["numpy"])
-    random.setstate(s["python"])
-    if "cuda" in s and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(s["cuda"])
+def resume_config(a, out):
+    """The checkpoint to resume from, and the run's flags: today's defaults, then the saved run's,
+    then those given again now. The logs are cut back to the checkpoint's step."""
+    try:
+        ckpt = checkpoint.load(out / "ckpt.pt")
+    except checkpoint.CheckpointError as e:
+        sys.exit(f"train.py: error: --resume: {e}" + ("; train without --resume first" if "not found" in str(e) else ""))
+    saved = ckpt["config"]
+    for k in FIXED_ON_RESUME:
+        if k in a.given and getattr(a, k) != saved.get(k):
+            sys.exit(f"train.py: error: --{k.replace('_', '-')} {getattr(a, k)}: {out / 'ckpt.pt'} was trained with "
+                     f"{saved.get(k)}, which a resumed run cannot change; start a fresh --out-dir")
+    a = argparse.Namespace(**{**vars(a), **saved, **{k: getattr(a, k) for k in a.given}, "resume": True})
+    metalib.check_args(a)
+    for name in ("log.jsonl", "dynamics.jsonl"):  # rows past the checkpoint will be written again
+        checkpoint.cut_log(out / name, ckpt["step"])
+    return ckpt, a
 
 
 def main(argv=None):
@@ -136,16 +138,7 @@ def main(argv=None):
     out = Path(a.out_dir)
     ckpt = None
     if a.resume:
-        if not (out / "ckpt.pt").exists():
-            sys.exit(f"train.py: error: --resume: {out / 'ckpt.pt'} not found; train without --resume first")
-        ckpt = torch.load(out / "ckpt.pt", map_location="cpu", weights_only=False)
-        saved = ckpt["config"]  # the saved run's flags, except those given again now
-        # today's defaults, then the saved run's flags, then those given again now
-        a = argparse.Namespace(**{**vars(a), **saved, **{k: getattr(a, k) for k in a.given}, "resume": True})
-        for k in ("inner_params", "inner_lr"):
-            if "task" in a.given and k not in a.given:
-                setattr(a, k, None)  # the task's own default, not the saved run's
-        metalib.check_args(a)
+        ckpt, a = resume_config(a, out)
 
     # ---- data
     if a.data_dir is None:
@@ -158,12 +151,11 @@ def main(argv=None):
                 sys.exit(f"data.py: error: {e}")
     try:
         dmeta = datalib.load_meta(a.data_dir)
+        train_tok, val_tok = datalib.load_bins(a.data_dir, dmeta)
     except datalib.DataError as e:
         sys.exit(f"train.py: error: --data-dir: {e}")
     if ckpt and datalib.fingerprint(ckpt["data_meta"]) != datalib.fingerprint(dmeta):
         sys.exit(f"train.py: error: --resume: {a.data_dir} is not the data the checkpoint was trained on")
-    train_tok = np.memmap(Path(a.data_dir) / "train.bin", dtype=dmeta["dtype"], mode="r")
-    val_tok = np.memmap(Path(a.data_dir) / "val.bin", dtype=dmeta["dtype"], mode="r")
     for name, arr in (("train", train_tok), ("val", val_tok)):
         if len(arr) <= a.block_size + 1:
             sys.exit(f"train.py: error: {a.data_dir}/{name}.bin has {len(arr)} tokens; --block-size must be smaller")
@@ -198,12 +190,13 @@ def main(argv=None):
             head.load_state_dict(ckpt["meta_head"])
             inner.load_state_dict(ckpt.get("inner_lrs", {}))
             opt.load_state_dict(ckpt["optimizer"])
+            opt.param_groups[0]["weight_decay"] = a.weight_decay  # a --weight-decay given again takes effect
         except (KeyError, ValueError, RuntimeError):
             sys.exit(f"train.py: error: --resume: {out / 'ckpt.pt'} has another episode head or other learned step "
                      f"sizes (saved --task {saved.get('task')}, --inner-params {saved.get('inner_params')}, "
                      f"--learn-inner-lr {saved.get('learn_inner_lr', False)}); resume with those or start a fresh --out-dir")
         state = ckpt["state"]
-        set_rng_state(ckpt["rng"])
+        checkpoint.set_rng_state(ckpt["rng"])
     lm_model = torch.compile(model) if a.compile else model  # meta steps use the plain module (torch.func)
 
     total, non_emb = count_params(margs)
@@ -254,16 +247,17 @@ def main(argv=None):
         row |= metalib.evaluate(model, head, episodes.val, a, device, ctx, inner)  # fixed val episodes, before / after
         if inner:
             row["inner_lrs"] = metalib.inner_lrs_now(inner)
-        with open(log_path, "a") as f:
+        with open(log_path, "a") as f:  # the row before the checkpoint: on resume, rows past it are cut
             f.write(json.dumps(row) + "\n")
         tqdm.write(f"eval step {row['step']}: val loss {row['val_loss']:.4f} (ppl {math.exp(row['val_loss']):.1f}), "
                    f"val episodes acc {row['episode_acc_before']:.3f} -> {row['episode_acc_after']:.3f}")
-        save_checkpoint(out / "ckpt.pt", {
+        checkpoint.save(out / "ckpt.pt", {
             "model": model.state_dict(), "meta_head": head.state_dict(), "inner_lrs": inner.state_dict(),
             "optimizer": opt.state_dict(),
             "model_args": vars(margs),
-            "step": state["step"], "state": dict(state), "rng": rng_state(), "data_meta": dmeta,
-            "config": {k: v for k, v in vars(a).items() if k != "given"}, "vocab_map": episodes.tok.old_of_new,
+            "step": state["step"], "state": dict(state), "rng": checkpoint.rng_state(), "data_meta": dmeta,
+            "config": {k: v for k, v in vars(a).items() if k != "given"},
+            "vocab_map": None if episodes.tok.old_of_new is None else torch.from_numpy(episodes.tok.old_of_new),
             "dynamics_probe": tuple(t.cpu() for t in dyn.probe) if dyn else None})
         for v in win.values():
             v.clear()
