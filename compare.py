@@ -180,7 +180,8 @@ def lr_layers(inner_lrs):
         layer = f"block {parts[1]}" if parts[0] == "layers" else {"tok_emb": "embedding", "norm": "final norm"}.get(parts[0], parts[0])
         tensor = ".".join(parts[2:-1] if parts[0] == "layers" else parts[1:]) or parts[0]
         out.setdefault(layer, {})[tensor] = lr
-    return out
+    rank = lambda k: (0, 0) if k == "embedding" else (1, int(k.split()[1])) if k.startswith("block ") else (2, k != "final norm")
+    return dict(sorted(out.items(), key=lambda kv: rank(kv[0])))  # input to output
 
 
 def plots(runs, out_dir):
