@@ -130,6 +130,7 @@ def resume_config(a, out):
     metalib.check_args(a)
     for name in ("log.jsonl", "dynamics.jsonl"):  # rows past the checkpoint will be written again
         checkpoint.cut_log(out / name, ckpt["step"])
+    print(f"resuming from step {ckpt['step']}")
     return ckpt, a
 
 

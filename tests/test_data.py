@@ -106,7 +106,7 @@ def test_missing_source_and_bad_flags(tmp_path, corpus_txt):
 
 def test_unreachable_url_names_it_and_suggests_a_local_source(tmp_path):
     url = "http://127.0.0.1:9/TinyStoriesV2-GPT4-train.txt"  # nothing listens on the discard port
-    with pytest.raises(DataError, match=r"cannot download http://127\.0\.0\.1:9/.*pass --source"):
+    with pytest.raises(DataError, match=r"cannot download http://127\.0\.0\.1:9/.*offline\? .*python data.py --source PATH --out-dir DIR"):
         data.download(url, cache_dir=tmp_path)
     assert not list(tmp_path.iterdir())  # no half-written file left behind
 

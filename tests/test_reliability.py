@@ -164,7 +164,3 @@ def test_compare_drops_a_torn_last_line_and_names_a_damaged_one(tmp_path, capsys
     with pytest.raises(compare.CompareError, match="log.jsonl line 1 is not JSON"):
         compare.read_jsonl(p)
 
-
-def test_offline_download_names_the_data_command():
-    with pytest.raises(data.DataError, match=r"offline\? .*python data.py --source PATH --out-dir DIR"):
-        data.download("http://127.0.0.1:9/nothing.txt", cache_dir="/tmp/metalm-test-cache")
