@@ -1,15 +1,19 @@
 """
-Speed benchmark: ms per plain LM step and per meta step (head-only FOMAML, default episode),
-and their ratio, with an optimiser step included in both. Numbers, not a test.
+Speed benchmark: ms per plain LM step and per meta step (default episode and inner loop), and
+their ratio, with an optimiser step included in both. Numbers, not a test. The LM step's FLOP/s
+is set against this machine's own limit: a large matmul timed in the same run, in float32 and
+bfloat16 ("of matmul peak"); on a GPU with a known datasheet peak, MFU too.
 
-    python bench.py --data-dir data/enwiki8k                 # CPU, 11m shape, trimmed vocabulary
+    python bench.py --data-dir data/enwiki8k --batch-size 16 --block-size 128   # the CPU recipe's shapes
     python bench.py --data-dir data/enwiki8k --device cuda --dtype bfloat16 --compile
+    python bench.py ... --json                               # one JSON object instead of the lines
 
 The default episode (32-way, 4 support + 4 query windows of 64 tokens = 16,384 tokens) matches
 the default LM batch (32 x 512 = 16,384 tokens), so the ratio compares equal token counts.
 Target: meta / LM <= 1.3.
 """
 import argparse
+import json
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -37,6 +41,19 @@ def timed(fn, warmup, steps, device):
     return 1000 * (time.perf_counter() - t0) / steps
 
 
+def matmul_flops(device, dtype, n=2048, steps=10):
+    """FLOP/s of an n x n @ n x n matmul: what this device's matrix units deliver in this dtype.
+    A CPU without bf16 matrix instructions (no AVX-512 BF16 / AMX) runs bf16 matmuls in a slow
+    fallback, at about 1 GFLOP/s: a quick 512^3 probe measures that case instead."""
+    small = 2 * 512**3 / (timed(lambda: torch.randn(512, 512, device=device, dtype=dtype) @
+                                torch.randn(512, 512, device=device, dtype=dtype), 1, 1, device) / 1000)
+    if small < 2e10:
+        return small
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    ms = timed(lambda: a @ b, 3, steps, device)
+    return 2 * n**3 / (ms / 1000)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 allow_abbrev=False)
@@ -47,12 +64,14 @@ def main():
     p.add_argument("--compile", action="store_true", help="compile the model for the LM step")
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--json", action="store_true", help="print one JSON object with every number")
     b, rest = p.parse_known_args()
     a = train.get_args(["--data-dir", b.data_dir, "--size", b.size, *rest])  # episode and batch flags
     dmeta = datalib.load_meta(b.data_dir)
-    tok = {s: np.memmap(Path(b.data_dir) / f"{s}.bin", dtype=dmeta["dtype"], mode="r") for s in ("train", "val")}
+    train_tok, val_tok = datalib.load_bins(b.data_dir, dmeta)
+    tok = {"train": train_tok}
     a.eval_episodes = 0
-    episodes = eplib.Episodes(a, Path(b.data_dir), dmeta, tok["train"], tok["val"])
+    episodes = eplib.Episodes(a, Path(b.data_dir), dmeta, train_tok, val_tok)
     torch.manual_seed(0)
     margs = preset(b.size, dmeta["vocab_size"], a.block_size)
     model = Transformer(margs).to(b.device)
@@ -83,21 +102,34 @@ def main():
 
     total, non_emb = count_params(margs)
     lm_tokens = a.batch_size * a.block_size
-    print(f"{b.size}, vocab {margs.vocab_size:,}, {total:,} params ({non_emb:,} non-embedding), "
-          f"{b.device} {b.dtype}{' compiled' if b.compile else ''}, {torch.get_num_threads()} threads")
-    print(f"LM step: {a.batch_size} x {a.block_size} = {lm_tokens:,} tokens; meta step: {episodes.describe()}")
+    mm = {d: matmul_flops(b.device, getattr(torch, d)) for d in ("float32", "bfloat16")}
     lm_ms = timed(lm_step, b.warmup, b.steps, b.device)
     meta_ms = timed(meta_step, b.warmup, b.steps, b.device)
     lm_flops = flops_per_token(margs, a.block_size) * lm_tokens
-    print(f"LM   step {lm_ms:9.1f} ms  {lm_tokens / lm_ms * 1000:10,.0f} tok/s  {lm_flops:.3g} FLOPs")
+    peak = peak_flops(b.device)
+    r = {"size": b.size, "device": b.device, "dtype": b.dtype, "compile": b.compile, "threads": torch.get_num_threads(),
+         "batch_size": a.batch_size, "block_size": a.block_size, "vocab_size": margs.vocab_size,
+         "lm_ms": lm_ms, "meta_ms": meta_ms, "meta_over_lm": meta_ms / lm_ms, "lm_tok_s": lm_tokens / lm_ms * 1000,
+         "lm_flops_per_s": lm_flops / (lm_ms / 1000), "matmul_flops_per_s": mm[b.dtype],
+         "matmul_flops_per_s_float32": mm["float32"], "matmul_flops_per_s_bfloat16": mm["bfloat16"],
+         "of_matmul_peak": lm_flops / (lm_ms / 1000) / mm[b.dtype],
+         "mfu": lm_flops / (lm_ms / 1000) / peak if peak else None,
+         "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if b.device == "cuda" else None}
+    if b.json:
+        return print(json.dumps(r))
+    print(f"{b.size}, vocab {margs.vocab_size:,}, {total:,} params ({non_emb:,} non-embedding), "
+          f"{b.device} {b.dtype}{' compiled' if b.compile else ''}, {r['threads']} threads")
+    print(f"LM step: {a.batch_size} x {a.block_size} = {lm_tokens:,} tokens; meta step: {episodes.describe()}")
+    print(f"matmul: {mm['float32'] / 1e9:.1f} GFLOP/s float32, {mm['bfloat16'] / 1e9:.1f} GFLOP/s bfloat16")
+    print(f"LM   step {lm_ms:9.1f} ms  {r['lm_tok_s']:10,.0f} tok/s  {lm_flops:.3g} FLOPs  "
+          f"{r['lm_flops_per_s'] / 1e9:.0f} GFLOP/s = {r['of_matmul_peak']:.0%} of {b.dtype} matmul peak")
     print(f"meta step {meta_ms:9.1f} ms  {episodes.tokens_per_episode() / meta_ms * 1000:10,.0f} tok/s  "
           f"{metalib.step_flops(a, margs):.3g} FLOPs")
-    print(f"meta / LM = {meta_ms / lm_ms:.2f}  (target <= 1.3)")
-    peak = peak_flops(b.device)
+    print(f"meta / LM = {meta_ms / lm_ms:.2f}")
     if peak:
-        print(f"LM MFU {lm_flops / (lm_ms / 1000) / peak:.1%} of {peak:.3g} FLOP/s")
-    if b.device == "cuda":
-        print(f"peak memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
+        print(f"LM MFU {r['mfu']:.1%} of {peak:.3g} FLOP/s (datasheet)")
+    if r["peak_memory_gib"] is not None:
+        print(f"peak memory {r['peak_memory_gib']:.2f} GiB")
 
 
 if __name__ == "__main__":
