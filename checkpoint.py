@@ -12,13 +12,14 @@ Checkpoints you can trust, and logs that agree with them after a kill.
   rows past the checkpoint are exactly those the resumed run will write again.
 """
 import json
-import os
 import random
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
+
+import data as datalib
 
 
 class CheckpointError(Exception):
@@ -30,14 +31,7 @@ def prev_path(path):
 
 
 def save(path, obj):
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())  # on disk before the rename makes it the checkpoint
-    if path.exists():
-        os.replace(path, prev_path(path))
-    os.replace(tmp, path)
+    datalib.write_atomic(path, lambda f: torch.save(obj, f), keep_old=prev_path(path))
 
 
 def read(path):
@@ -86,9 +80,7 @@ def cut_log(path, step):
             continue
         if row.get("step", 0) <= step:
             keep.append(line + "\n")
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(keep))
-    os.replace(tmp, path)
+    datalib.write_atomic(path, lambda f: f.write("".join(keep).encode()))
 
 
 def rng_state():

@@ -117,10 +117,19 @@ def load_bins(data_dir, meta):
     return bins
 
 
-def write_atomic(path, write):
-    """write(tmp_path), then rename: a kill leaves the old file or the new one, never half of one."""
-    tmp = Path(path).with_name(Path(path).name + ".tmp")
-    write(tmp)
+def write_atomic(path, write, keep_old=None):
+    """write(f) into PATH.tmp, opened for binary writing, synced to disk, then renamed to path: a
+    kill leaves the old file or the new one, never half of one. keep_old: move the old file
+    there first (a kill between the two renames leaves it there). Every file this project
+    writes for later runs goes through here (bins, meta.json, caches, checkpoints, cut logs)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+    if keep_old and path.exists():
+        os.replace(path, keep_old)
     os.replace(tmp, path)
 
 
@@ -250,7 +259,7 @@ def prepare(sources, out_dir, vocab_size=None, val_fraction=0.01, text_field="te
         new_of_old[eot] = 0
         train, val = new_of_old[train], new_of_old[val]
         Path(out_dir).mkdir(parents=True, exist_ok=True)
-        write_atomic(Path(out_dir) / "vocab_map.npy", lambda t: np.save(open(t, "wb"), old_of_new))
+        write_atomic(Path(out_dir) / "vocab_map.npy", lambda f: np.save(f, old_of_new))
         meta |= {"vocab_size": vocab_size, "eot_id": 0, "unk_id": 1, "mask_id": 2, "vocab_map": "vocab_map.npy",
                  "unk_rate_train": float((train == 1).mean()), "unk_rate_val": float((val == 1).mean())}
     else:  # full cl100k; the mask gets the first id past the real ones (inside the padding)
@@ -265,7 +274,7 @@ def prepare(sources, out_dir, vocab_size=None, val_fraction=0.01, text_field="te
     meta |= {"dtype": np.dtype(dtype).name, "train_tokens": int(len(train)), "val_tokens": int(len(val)),
              "train_docs": n_docs["train"], "val_docs": n_docs["val"],
              "sources": [{"path": str(f), "sha256": sha256(f)} for f in files]}
-    write_atomic(out / "meta.json", lambda t: t.write_text(json.dumps(meta, indent=2)))
+    write_atomic(out / "meta.json", lambda f: f.write(json.dumps(meta, indent=2).encode()))
     return meta
 
 

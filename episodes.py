@@ -18,7 +18,6 @@ LM stream of a hybrid run are unaffected by how many episodes were drawn.
 """
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -73,10 +72,7 @@ def smlmt_index(data_dir, dmeta, a, splits, tok, split):
         with tqdm(total=1, desc=f"SMLMT index ({split})", leave=False, disable=None) as bar:
             offsets, pos = occurrence_index(np.asarray(splits[split]), types)
             bar.update()
-        tmp = cache.with_name(cache.name + ".tmp")
-        with open(tmp, "wb") as f:
-            np.savez(f, types=types, offsets=offsets, pos=pos)
-        os.replace(tmp, cache)  # atomic: a killed run never leaves half an index
+        datalib.write_atomic(cache, lambda f: np.savez(f, types=types, offsets=offsets, pos=pos))
     return types, offsets, pos
 
 
