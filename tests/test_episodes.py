@@ -1,4 +1,4 @@
-"""episodes.py: the SMLMT index, the pico builder, the index cache, and the inspector (meta.py)."""
+"""episodes.py: the SMLMT index, the pico builder, the index cache, and the inspector (inspect_episodes.py)."""
 from pathlib import Path
 
 import numpy as np
@@ -6,7 +6,7 @@ import pytest
 
 import data
 import episodes as eplib
-import meta
+import inspect_episodes
 import train
 from conftest import TINY
 
@@ -48,7 +48,7 @@ def test_full_vocabulary_windows_hold_their_masked_word(full_vocab_dir):
 
 
 def test_inspector_prints_episodes_and_the_check(full_vocab_dir, capsys):
-    meta.main(["--data-dir", str(full_vocab_dir), "--n-way", "4", "--k-shot", "2", "--n-query", "2",
+    inspect_episodes.main(["--data-dir", str(full_vocab_dir), "--n-way", "4", "--k-shot", "2", "--n-query", "2",
                "--episode-len", "16", "--skip-top-words", "5", "--min-word-count", "5", "--episodes", "30"])
     out = capsys.readouterr().out
     assert out.count("== training episode") == 2 and "<mask>" in out and "class 0:" in out

@@ -16,7 +16,7 @@ import checkpoint
 import compare
 import data
 import eval_ner
-import meta
+import inspect_episodes
 import train
 from conftest import TINY, run_train
 
@@ -128,7 +128,7 @@ def test_fingerprint_covers_the_split(corpus_txt, tmp_path):
 
 
 def test_abbreviated_flags_are_refused_by_every_command(capsys):
-    for parse in (train.get_args, eval_ner.parse, data.main, compare.main, meta.main):
+    for parse in (train.get_args, eval_ner.parse, data.main, compare.main, inspect_episodes.main):
         with pytest.raises(SystemExit) as e:
             parse(["--max-step", "8"])
         assert e.value.code == 2, parse
