@@ -193,6 +193,7 @@ def main(argv=None):
             opt.load_state_dict(ckpt["optimizer"])
             opt.param_groups[0]["weight_decay"] = a.weight_decay  # a --weight-decay given again takes effect
         except (KeyError, ValueError, RuntimeError):
+            saved = ckpt["config"]
             sys.exit(f"train.py: error: --resume: {out / 'ckpt.pt'} has another episode head or other learned step "
                      f"sizes (saved --task {saved.get('task')}, --inner-params {saved.get('inner_params')}, "
                      f"--learn-inner-lr {saved.get('learn_inner_lr', False)}); resume with those or start a fresh --out-dir")

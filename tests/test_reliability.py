@@ -164,3 +164,12 @@ def test_compare_drops_a_torn_last_line_and_names_a_damaged_one(tmp_path, capsys
     with pytest.raises(compare.CompareError, match="log.jsonl line 1 is not JSON"):
         compare.read_jsonl(p)
 
+
+
+def test_a_checkpoint_whose_head_does_not_fit_is_a_one_line_error(data_dir, tmp_path):
+    run_train(data_dir, tmp_path, "--max-steps", 2, "--eval-every", 2, "--dynamics-every", 0)
+    ck = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    del ck["meta_head"]["log_scale"]  # as if written by a run with another head
+    torch.save(ck, tmp_path / "ckpt.pt")
+    with pytest.raises(SystemExit, match="has another episode head .*saved --task smlmt"):
+        run_train(data_dir, tmp_path, "--resume", "--max-steps", 4)
