@@ -66,16 +66,11 @@ def measure(model, x, y):
 
 
 class Recorder:
-    """Measures every `every` steps and appends to OUT/dynamics.jsonl. The probe batch is chosen
+    """Measures when train.py asks and appends to OUT/dynamics.jsonl. The probe batch is chosen
     once and travels in the checkpoint, so a resumed run probes the same tokens."""
 
-    def __init__(self, every, probe, path, ctx, fresh):
-        self.every, self.probe, self.path, self.ctx = every, probe, path, ctx
-        if fresh and path.exists():
-            path.unlink()
-
-    def due(self, step):
-        return step % self.every == 0
+    def __init__(self, probe, path, ctx):
+        self.probe, self.path, self.ctx = probe, path, ctx
 
     def measure(self, model, step):
         was_training = model.training

@@ -274,20 +274,29 @@ def accuracy(logits, y):
     return ((logits.argmax(-1) == y) & keep).sum().item() / max(1, keep.sum().item())
 
 
-def meta_step(model, head, ep, a, inner=None):
-    """One FOMAML step: adapt on the support set, then backpropagate the query loss of the adapted
-    weights. Leaves the meta-gradient in the .grad of the model's and the head's parameters (and
-    of the learned log step sizes in inner, with --learn-inner-lr)."""
+def meta_loss(model, head, ep, a, inner=None):
+    """One FOMAML episode: adapt on the support set, then the query loss of the adapted weights,
+    whose backward leaves the first-order meta-gradient on the starting weights (the inner
+    steps are detached). The inner loop's torch.autograd.grad calls run here, before any
+    backward of the caller: under DDP they all-reduce nothing (README, Several GPUs)."""
     support, fast, query, units = episode_fns(model, head, ep, a, adapted_names(model, a.inner_params))
     fast = adapt(support, fast, units, a, inner if inner is not None else {})
     logits, y = query(fast)
     loss = ce(logits, y)
-    (a.meta_weight * loss).backward()  # grad L_Q(phi_n) lands on theta: the first-order meta-gradient
     s_acc = None
     if a.task != "lm":  # support accuracy of the adapted weights (no extra backbone pass for head-only)
         with torch.no_grad():
             s_acc = accuracy(*support({n: w.detach() for n, w in fast.items()}))
-    return loss.detach(), {"support_acc": s_acc, "query_acc": accuracy(logits.detach(), y)}
+    return loss, {"support_acc": s_acc, "query_acc": accuracy(logits.detach(), y)}
+
+
+def meta_step(model, head, ep, a, inner=None):
+    """meta_loss and its backward (times --meta-weight): the meta-gradient lands in the .grad of
+    the model's and the head's parameters (and of the learned log step sizes in inner, with
+    --learn-inner-lr). Returns the query loss and the episode's accuracies."""
+    loss, stats = meta_loss(model, head, ep, a, inner)
+    (a.meta_weight * loss).backward()
+    return loss.detach(), stats
 
 
 def step_flops(a, margs):

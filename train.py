@@ -1,26 +1,36 @@
 r"""
 Pretrain a Llama-style decoder with next-token prediction, optionally mixed with first-order
-MAML episodes (--meta), on one GPU or CPU. No Trainer class: the loop is below, top to bottom.
+MAML episodes (--meta), on one GPU or CPU, or on several under torchrun (DDP). No Trainer
+class: the loop is below, top to bottom.
 
     python train.py --size 11m                       # GPU, paper defaults, TinyStories
     python train.py --meta --size 11m                # the same, half the steps are meta steps
     python train.py --data-dir data/enwiki8k --out-dir out/vanilla --size 11m --device cpu \
         --max-steps 300 --batch-size 16 --block-size 128 --lr 2e-3 --warmup-steps 30 --eval-every 25
+    torchrun --standalone --nproc_per_node 4 train.py --meta --size 65m --batch-size 8 --grad-accum 8
 
 Batches are pure functions of (seed, position): the LM stream, the val batches, the meta coin
 and the episodes each draw from their own counter, so a run is reproducible, resumable, and a
 meta run sees exactly the LM batches of the vanilla run with the same seed, in the same order.
+An optimiser step is world size x --grad-accum micro-batches (or episodes); micro-batch j of a
+position is a pure function of (seed, stream, position, j), and rank r takes j = r*N .. r*N+N-1
+(N = --grad-accum): 2 ranks x 1 see what 1 rank x 2 sees.
 """
 import argparse
 import json
 import math
+import os
 import sys
 import time
+import traceback
 from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
+import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 import checkpoint
@@ -47,7 +57,9 @@ def get_args(argv=None):
     g = p.add_argument_group("model and optimisation")
     g.add_argument("--size", default="11m", choices=list(PRESETS), help="pico-decoder preset")
     g.add_argument("--max-steps", type=int, default=20000, help="optimiser steps (LM and meta together)")
-    g.add_argument("--batch-size", type=int, default=32, help="sequences per LM step")
+    g.add_argument("--batch-size", type=int, default=32, help="sequences per LM micro-batch (per process)")
+    g.add_argument("--grad-accum", type=int, default=1,
+                   help="micro-batches (LM) or episodes (meta) per optimiser step and process")
     g.add_argument("--block-size", type=int, default=512, help="tokens per LM sequence")
     g.add_argument("--lr", type=float, default=3e-4, help="peak AdamW learning rate")
     g.add_argument("--min-lr-frac", type=float, default=0.1, help="cosine decay ends at this fraction of --lr")
@@ -71,6 +83,8 @@ def get_args(argv=None):
     metalib.add_args(p)
     args = p.parse_args(argv)
     metalib.check_args(args)
+    if args.grad_accum < 1:
+        p.error(f"--grad-accum {args.grad_accum}: must be at least 1")
     if args.meta_start is None:  # meta steps from scratch hold the LM on the unigram plateau (README, Results)
         args.meta_start = args.max_steps // 2
     # the dests of the flags typed on the command line (--no-proto-grad names proto_grad), which override a resumed run's
@@ -88,10 +102,12 @@ def lr_at(step, a):
     return a.lr * (a.min_lr_frac + (1 - a.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * t)))
 
 
-def get_batch(tokens, B, T, seed, stream, pos, device):
-    """Batch number `pos` of a stream: B random windows of T+1 tokens, inputs and shifted targets."""
+def get_batch(tokens, B, T, seed, stream, pos, device, micro=0, n_micro=1):
+    """Micro-batch `micro` of `n_micro` of batch number `pos` of a stream: B random windows of T+1
+    tokens, inputs and shifted targets. The n_micro micro-batches together are the one batch of
+    B * n_micro windows drawn at `pos`, so accumulation and ranks split a batch, not change it."""
     rng = np.random.default_rng([seed, stream, pos])
-    starts = rng.integers(0, len(tokens) - T - 1, size=B)
+    starts = rng.integers(0, len(tokens) - T - 1, size=B * n_micro)[micro * B : (micro + 1) * B]
     xy = torch.from_numpy(np.stack([tokens[s : s + T + 1].astype(np.int64) for s in starts]))  # (B, T+1)
     xy = xy.to(device, non_blocking=True)
     return xy[:, :-1], xy[:, 1:]  # (B, T) each
@@ -114,9 +130,9 @@ def val_loss(model, val, a, device, ctx):
 FIXED_ON_RESUME = ("size", "block_size", "seed", "task", "inner_params", "learn_inner_lr")
 
 
-def resume_config(a, out):
+def resume_config(a, out, cut_logs=True):
     """The checkpoint to resume from, and the run's flags: today's defaults, then the saved run's,
-    then those given again now. The logs are cut back to the checkpoint's step."""
+    then those given again now. The logs are cut back to the checkpoint's step (by rank 0 only)."""
     try:
         ckpt = checkpoint.load(out / "ckpt.pt")
     except checkpoint.CheckpointError as e:
@@ -128,20 +144,29 @@ def resume_config(a, out):
                      f"{saved.get(k)}, which a resumed run cannot change; start a fresh --out-dir")
     a = argparse.Namespace(**{**vars(a), **saved, **{k: getattr(a, k) for k in a.given}, "resume": True})
     metalib.check_args(a)
-    for name in ("log.jsonl", "dynamics.jsonl"):  # rows past the checkpoint will be written again
+    for name in ("log.jsonl", "dynamics.jsonl") if cut_logs else ():  # rows past the checkpoint will be written again
         checkpoint.cut_log(out / name, ckpt["step"])
     print(f"resuming from step {ckpt['step']}")
     return ckpt, a
 
 
-def main(argv=None):
-    a = get_args(argv)
-    out = Path(a.out_dir)
-    ckpt = None
-    if a.resume:
-        ckpt, a = resume_config(a, out)
+def load_state(ckpt, model, head, inner, opt, a, out):
+    model.load_state_dict(ckpt["model"])
+    try:
+        head.load_state_dict(ckpt["meta_head"])
+        inner.load_state_dict(ckpt.get("inner_lrs", {}))
+        opt.load_state_dict(ckpt["optimizer"])
+        opt.param_groups[0]["weight_decay"] = a.weight_decay  # a --weight-decay given again takes effect
+    except (KeyError, ValueError, RuntimeError):
+        saved = ckpt["config"]
+        sys.exit(f"train.py: error: --resume: {out / 'ckpt.pt'} has another episode head or other learned step "
+                 f"sizes (saved --task {saved.get('task')}, --inner-params {saved.get('inner_params')}, "
+                 f"--learn-inner-lr {saved.get('learn_inner_lr', False)}); resume with those or start a fresh --out-dir")
 
-    # ---- data
+
+def load_data(a, ckpt):
+    """The token bins of --data-dir (TinyStories prepared there when none is given), checked
+    against the checkpoint being resumed."""
     if a.data_dir is None:
         a.data_dir = "data/tinystories"
         if not (Path(a.data_dir) / "meta.json").exists():
@@ -160,11 +185,117 @@ def main(argv=None):
     for name, arr in (("train", train_tok), ("val", val_tok)):
         if len(arr) <= a.block_size + 1:
             sys.exit(f"train.py: error: {a.data_dir}/{name}.bin has {len(arr)} tokens; --block-size must be smaller")
+    return dmeta, train_tok, val_tok
 
-    # ---- hardware
+
+# ----------------------------------------------------------------------------- one process or several
+
+def setup_device(a):
+    """(rank, world size, device). Under torchrun (RANK, WORLD_SIZE and LOCAL_RANK in the
+    environment) each process joins the process group, NCCL on CUDA and gloo on CPU, and uses
+    the GPU numbered LOCAL_RANK. Only rank 0 prints; the others' stdout goes to /dev/null."""
     device = "cuda" if a.device == "auto" and torch.cuda.is_available() else ("cpu" if a.device == "auto" else a.device)
     if device == "cuda" and not torch.cuda.is_available():
         sys.exit("train.py: error: --device cuda: no CUDA device is visible; use --device cpu")
+    if "WORLD_SIZE" not in os.environ:
+        return 0, 1, device
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    if device == "cuda":
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))  # "cuda" now names this process's GPU
+    dist.init_process_group("nccl" if device == "cuda" else "gloo")
+    if rank != 0:
+        sys.stdout = open(os.devnull, "w")
+    return rank, world, device
+
+
+def agree(fn, rank, world, who="all"):
+    """Run fn on every rank ("all"), on rank 0 while the others wait ("rank0"), or on rank 0 and
+    then on the others ("rank0_first": rank 0 may write files, such as the SMLMT cache, that the
+    others then read). An error on any rank ends every rank with its one-line message, so that no
+    rank is left waiting in a collective for one that has exited. Returns fn's result."""
+    out = None
+    for mine in {"all": [True], "rank0": [rank == 0], "rank0_first": [rank == 0, rank != 0]}[who]:
+        err = None
+        if mine:
+            try:
+                out = fn()
+            except SystemExit as e:  # our one-line errors
+                err = str(e.code)
+            except Exception as e:  # a bug or an OSError: the traceback here, the message on every rank
+                traceback.print_exc()
+                err = f"train.py: error: rank {rank}: {type(e).__name__}: {e}"
+        if world > 1:
+            errs = [None] * world
+            dist.all_gather_object(errs, err)
+            err = next((e for e in errs if e is not None), None)
+        if err is not None:
+            sys.exit(err)
+    return out
+
+
+class Objective(nn.Module):
+    """The decoder, the episode head and the learned inner step sizes as one module whose forward
+    is a whole step's loss: what DDP wraps, so that one backward all-reduces every gradient,
+    the meta-gradient included. A meta step's inner loop (torch.autograd.grad) runs inside
+    forward, before DDP listens for gradients, so it all-reduces nothing. LM steps leave the
+    episode head without gradients (hence find_unused_parameters)."""
+
+    def __init__(self, model, lm_model, head, inner, a):
+        super().__init__()
+        self.model, self.lm_model, self.head, self.inner, self.a = model, lm_model, head, inner, a
+
+    def forward(self, kind, batch):
+        if kind == "lm":
+            return self.lm_model(*batch)[1], {}
+        return metalib.meta_loss(self.model, self.head, batch, self.a, self.inner)
+
+
+def step_grads(net, kind, pos, a, train_tok, episodes, device, ctx, rank, world):
+    """The gradients of one optimiser step, left in .grad: --grad-accum micro-batches (LM) or
+    episodes (meta) on this rank, averaged with DDP's all-reduce after the last one. Of the
+    step's n = world x --grad-accum micro-batches, rank r takes r*N .. r*N+N-1 (N = --grad-accum).
+    Returns the mean loss over all ranks (every rank then takes the same NaN decision), the
+    mean episode accuracies on this rank, and the step's tokens."""
+    n, total, stats, tokens = world * a.grad_accum, 0.0, [], 0
+    for i in range(a.grad_accum):
+        j = rank * a.grad_accum + i  # this micro-batch's index among the step's n
+        if kind == "meta":  # episode numbers stay pure functions of (meta position, j)
+            batch = episodes.train_episode(pos * n + j, device)
+            tokens += batch["tokens"]
+        else:
+            batch = get_batch(train_tok, a.batch_size, a.block_size, a.seed, STREAM_LM, pos, device, j, n)
+            tokens += a.batch_size * a.block_size
+        sync = world == 1 or i == a.grad_accum - 1  # all-reduce once, after the last micro-batch
+        with nullcontext() if sync else net.no_sync():
+            with ctx:
+                loss, st = net(kind, batch)
+            ((a.meta_weight if kind == "meta" else 1.0) * loss / a.grad_accum).backward()
+        total = total + loss.detach() / n
+        stats.append(st)
+    if world > 1:
+        dist.all_reduce(total)  # the sum over ranks of their share: the mean over all n
+    mean = {k: float(np.mean([s[k] for s in stats])) if stats[0][k] is not None else None for k in stats[0]}
+    return total.item(), mean, tokens * world
+
+
+def main(argv=None):
+    a = get_args(argv)
+    rank, world, device = setup_device(a)
+    try:
+        train(a, rank, world, device)
+    finally:
+        if world > 1:
+            dist.destroy_process_group()
+
+
+def train(a, rank, world, device):
+    out = Path(a.out_dir)
+    ckpt = None
+    if a.resume:
+        ckpt, a = agree(lambda: resume_config(a, out, cut_logs=rank == 0), rank, world)
+    dmeta, train_tok, val_tok = agree(lambda: load_data(a, ckpt), rank, world, "rank0_first")
+
+    # ---- hardware
     dtype = a.dtype
     if dtype == "auto":
         dtype = "bfloat16" if device == "cuda" and torch.cuda.is_bf16_supported() else "float32"
@@ -186,54 +317,55 @@ def main(argv=None):
                             lr=a.lr, betas=(0.9, 0.95), fused=device == "cuda")
     state = {"step": 0, "lm_pos": 0, "meta_pos": 0, "tokens": 0, "flops": 0.0, "elapsed_s": 0.0}
     if ckpt:
-        model.load_state_dict(ckpt["model"])
-        try:
-            head.load_state_dict(ckpt["meta_head"])
-            inner.load_state_dict(ckpt.get("inner_lrs", {}))
-            opt.load_state_dict(ckpt["optimizer"])
-            opt.param_groups[0]["weight_decay"] = a.weight_decay  # a --weight-decay given again takes effect
-        except (KeyError, ValueError, RuntimeError):
-            saved = ckpt["config"]
-            sys.exit(f"train.py: error: --resume: {out / 'ckpt.pt'} has another episode head or other learned step "
-                     f"sizes (saved --task {saved.get('task')}, --inner-params {saved.get('inner_params')}, "
-                     f"--learn-inner-lr {saved.get('learn_inner_lr', False)}); resume with those or start a fresh --out-dir")
+        agree(lambda: load_state(ckpt, model, head, inner, opt, a, out), rank, world)
         state = ckpt["state"]
         checkpoint.set_rng_state(ckpt["rng"])
     lm_model = torch.compile(model) if a.compile else model  # meta steps use the plain module (torch.func)
+    net = Objective(model, lm_model, head, inner, a)
+    if world > 1:
+        net = DDP(net, device_ids=[torch.cuda.current_device()] if device == "cuda" else None,
+                  find_unused_parameters=True)
 
     total, non_emb = count_params(margs)
-    lm_tokens = a.batch_size * a.block_size
+    n_micro = world * a.grad_accum
+    lm_tokens = a.batch_size * a.block_size * n_micro
     lm_flops = flops_per_token(margs, a.block_size) * lm_tokens
     peak = peak_flops(device)
-    episodes = eplib.Episodes(a, Path(a.data_dir), dmeta, train_tok, val_tok)  # val episodes for every run
+    episodes = agree(lambda: eplib.Episodes(a, Path(a.data_dir), dmeta, train_tok, val_tok), rank, world, "rank0_first")
     print(f"model {a.size}: {total:,} parameters ({non_emb:,} non-embedding), vocab {margs.vocab_size:,}")
-    print(f"device {device}, dtype {dtype}, compile {a.compile}, seed {a.seed}")
-    print(f"tokens per LM step: {lm_tokens:,} ({a.batch_size} x {a.block_size}), {lm_flops:.3g} FLOPs")
+    print(f"device {device}, dtype {dtype}, compile {a.compile}, seed {a.seed}"
+          + (f", {world} processes (DDP, {dist.get_backend()})" if world > 1 else ""))
+    split = f"{world} processes x {a.grad_accum} micro-batches x " if n_micro > 1 else ""
+    print(f"tokens per LM step: {lm_tokens:,} ({split}{a.batch_size} x {a.block_size}), {lm_flops:.3g} FLOPs")
     if a.meta:
-        print(f"meta: {a.hybrid_ratio:.0%} of steps from step {a.meta_start}; {episodes.describe()}; inner loop "
-              f"{a.inner_steps} SGD steps at lr {a.inner_lr} on {a.inner_params}"
+        print(f"meta: {a.hybrid_ratio:.0%} of steps from step {a.meta_start}; {n_micro} x {episodes.describe()}; "
+              f"inner loop {a.inner_steps} SGD steps at lr {a.inner_lr} on {a.inner_params}"
               + (f", {len(inner)} step sizes learned" if inner else ""))
 
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "run.json").write_text(json.dumps({  # what compare.py needs without loading a checkpoint
-        "config": {k: v for k, v in vars(a).items() if k != "given"}, "data_meta": dmeta,
-        "model_args": vars(margs), "params": total, "non_embedding_params": non_emb}, indent=2, default=str))
-    dyn = None
-    if a.dynamics_every != 0:  # one fixed val batch, drawn once and then carried in the checkpoint
-        probe = (ckpt or {}).get("dynamics_probe") or get_batch(
-            val_tok, min(4, a.batch_size), a.block_size, a.seed, STREAM_PROBE, 0, "cpu")
-        dyn = dynamics.Recorder(a.dynamics_every or a.eval_every, tuple(t.to(device) for t in probe),
-                                out / "dynamics.jsonl", ctx, fresh=not a.resume)
     log_path = out / "log.jsonl"
-    if not a.resume and log_path.exists():
-        log_path.unlink()  # a fresh run starts a fresh log
+    dyn_every = 0 if a.dynamics_every == 0 else (a.dynamics_every or a.eval_every)
+
+    def start_outputs():  # rank 0: run.json, a fresh log, the dynamics recorder
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "run.json").write_text(json.dumps({  # what compare.py needs without loading a checkpoint
+            "config": {k: v for k, v in vars(a).items() if k != "given"}, "data_meta": dmeta, "world_size": world,
+            "model_args": vars(margs), "params": total, "non_embedding_params": non_emb}, indent=2, default=str))
+        for p in (log_path, out / "dynamics.jsonl"):
+            if not a.resume and p.exists():
+                p.unlink()  # a fresh run starts fresh logs
+        if dyn_every:  # one fixed val batch, drawn once and then carried in the checkpoint
+            probe = (ckpt or {}).get("dynamics_probe") or get_batch(
+                val_tok, min(4, a.batch_size), a.block_size, a.seed, STREAM_PROBE, 0, "cpu")
+            return dynamics.Recorder(tuple(t.to(device) for t in probe), out / "dynamics.jsonl", ctx)
+
+    dyn = agree(start_outputs, rank, world, "rank0")
     win = {"lm_ms": [], "meta_ms": [], "lm_loss": [], "sup_acc": [], "qry_acc": [], "meta_loss": []}
 
     def diverged(what, value, step):
         sys.exit(f"train.py: error: {what} is {value} at step {step}; {out / 'ckpt.pt'} still holds the last good "
                  "eval. Lower --lr, raise --warmup-steps or use --dtype float32, then --resume")
 
-    def evaluate():
+    def evaluate():  # rank 0 only
         row = {"step": state["step"], "tokens": state["tokens"], "flops": state["flops"],
                "elapsed_s": round(state["elapsed_s"], 3),
                "train_loss": float(np.mean(win["lm_loss"])) if win["lm_loss"] else None,
@@ -264,35 +396,27 @@ def main(argv=None):
         for v in win.values():
             v.clear()
 
+    def rank0_work(measure, ev):  # dynamics before evaluate(), so that the checkpoint follows it
+        if measure and dyn:
+            dyn.measure(model, state["step"])
+        if ev:
+            evaluate()
+
     if not a.resume:
-        if dyn:
-            dyn.measure(model, 0)
-        evaluate()
-    bar = tqdm(range(state["step"], a.max_steps), initial=state["step"], total=a.max_steps, desc="train", disable=None)
+        agree(lambda: rank0_work(True, True), rank, world, "rank0")
+    bar = tqdm(range(state["step"], a.max_steps), initial=state["step"], total=a.max_steps, desc="train",
+               disable=None if rank == 0 else True)
     for _ in bar:
         lr = lr_at(state["step"], a)
         for g in opt.param_groups:
             g["lr"] = lr
         t0 = time.perf_counter()
-        coin = np.random.default_rng([a.seed, STREAM_COIN, state["step"]]).random()
-        if a.meta and coin < a.hybrid_ratio and state["step"] >= a.meta_start:  # a first-order MAML step
-            ep = episodes.train_episode(state["meta_pos"], device)
-            with ctx:
-                loss, stats = metalib.meta_step(model, head, ep, a, inner)
-            state["meta_pos"] += 1
-            state["tokens"] += ep["tokens"]
-            state["flops"] += metalib.step_flops(a, margs)
-            kind = "meta"
-        else:  # a plain next-token step
-            x, y = get_batch(train_tok, a.batch_size, a.block_size, a.seed, STREAM_LM, state["lm_pos"], device)
-            with ctx:
-                loss = lm_model(x, y)[1]
-            loss.backward()
-            state["lm_pos"] += 1
-            state["tokens"] += lm_tokens
-            state["flops"] += lm_flops
-            kind = "lm"
-        loss = loss.item()  # the NaN check needs it on the host; the sync also keeps ms/step honest
+        coin = np.random.default_rng([a.seed, STREAM_COIN, state["step"]]).random()  # the same on every rank
+        kind = "meta" if a.meta and coin < a.hybrid_ratio and state["step"] >= a.meta_start else "lm"
+        loss, stats, tokens = step_grads(net, kind, state[f"{kind}_pos"], a, train_tok, episodes, device, ctx, rank, world)
+        state[f"{kind}_pos"] += 1
+        state["tokens"] += tokens
+        state["flops"] += metalib.step_flops(a, margs) * n_micro if kind == "meta" else lm_flops
         if not math.isfinite(loss):  # stop before the bad step touches the weights
             diverged(f"{kind} loss", loss, state["step"] + 1)
         gnorm = torch.nn.utils.clip_grad_norm_(params, a.grad_clip if a.grad_clip > 0 else float("inf"))
@@ -301,27 +425,24 @@ def main(argv=None):
         dt = time.perf_counter() - t0
         state["step"] += 1
         state["elapsed_s"] += dt
-        if kind == "meta":
-            win["meta_ms"].append(1000 * dt)
-            win["meta_loss"].append(loss)
-            if stats["support_acc"] is not None:  # lm episodes have no classes
-                win["sup_acc"].append(stats["support_acc"])
+        win[f"{kind}_ms"].append(1000 * dt)
+        win[f"{kind}_loss"].append(loss)
+        if stats.get("support_acc") is not None:  # lm episodes have no classes
+            win["sup_acc"].append(stats["support_acc"])
+        if stats.get("query_acc") is not None:
             win["qry_acc"].append(stats["query_acc"])
-        else:
-            win["lm_ms"].append(1000 * dt)
-            win["lm_loss"].append(loss)
         if state["step"] % a.log_every == 0 or state["step"] == a.max_steps:
             msg = f"step {state['step']:>6} {kind:>4} loss {loss:.4f} lr {lr:.2e} |g| {gnorm:.2f} {1000 * dt:7.1f} ms/step"
             if kind == "lm":
                 msg += f" {lm_tokens / dt:9,.0f} tok/s"
                 if peak:
-                    msg += f" MFU {lm_flops / dt / peak:.1%}"
+                    msg += f" MFU {lm_flops / dt / peak / world:.1%}"
             tqdm.write(msg)
         bar.set_postfix(loss=f"{loss:.3f}", kind=kind)
-        if dyn and dyn.due(state["step"]):
-            dyn.measure(model, state["step"])  # before evaluate(), so the checkpoint follows it
-        if state["step"] % a.eval_every == 0 or state["step"] == a.max_steps:
-            evaluate()
+        measure = dyn_every and state["step"] % dyn_every == 0
+        ev = state["step"] % a.eval_every == 0 or state["step"] == a.max_steps
+        if measure or ev:  # the other ranks wait, and leave with rank 0's error if it has one
+            agree(lambda: rank0_work(measure, ev), rank, world, "rank0")
     bar.close()
     print(f"done: {state['step']} steps ({state['lm_pos']} LM, {state['meta_pos']} meta), "
           f"{state['tokens']:,} tokens, {state['flops']:.3g} FLOPs, {state['elapsed_s']:.1f} s; log in {log_path}")
