@@ -19,10 +19,8 @@ position is a pure function of (seed, stream, position, j), and rank r takes j =
 import argparse
 import json
 import math
-import os
 import sys
 import time
-import traceback
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -30,11 +28,11 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 import checkpoint
 import data as datalib
+import ddp
 import dynamics
 import episodes as eplib
 import meta as metalib
@@ -188,57 +186,11 @@ def load_data(a, ckpt):
     return dmeta, train_tok, val_tok
 
 
-# ----------------------------------------------------------------------------- one process or several
-
-def setup_device(a):
-    """(rank, world size, device). Under torchrun (RANK, WORLD_SIZE and LOCAL_RANK in the
-    environment) each process joins the process group, NCCL on CUDA and gloo on CPU, and uses
-    the GPU numbered LOCAL_RANK. Only rank 0 prints; the others' stdout goes to /dev/null."""
-    device = "cuda" if a.device == "auto" and torch.cuda.is_available() else ("cpu" if a.device == "auto" else a.device)
-    if device == "cuda" and not torch.cuda.is_available():
-        sys.exit("train.py: error: --device cuda: no CUDA device is visible; use --device cpu")
-    if "WORLD_SIZE" not in os.environ:
-        return 0, 1, device
-    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    if device == "cuda":
-        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))  # "cuda" now names this process's GPU
-    dist.init_process_group("nccl" if device == "cuda" else "gloo")
-    if rank != 0:
-        sys.stdout = open(os.devnull, "w")
-    return rank, world, device
-
-
-def agree(fn, rank, world, who="all"):
-    """Run fn on every rank ("all"), on rank 0 while the others wait ("rank0"), or on rank 0 and
-    then on the others ("rank0_first": rank 0 may write files, such as the SMLMT cache, that the
-    others then read). An error on any rank ends every rank with its one-line message, so that no
-    rank is left waiting in a collective for one that has exited. Returns fn's result."""
-    out = None
-    for mine in {"all": [True], "rank0": [rank == 0], "rank0_first": [rank == 0, rank != 0]}[who]:
-        err = None
-        if mine:
-            try:
-                out = fn()
-            except SystemExit as e:  # our one-line errors
-                err = str(e.code)
-            except Exception as e:  # a bug or an OSError: the traceback here, the message on every rank
-                traceback.print_exc()
-                err = f"train.py: error: rank {rank}: {type(e).__name__}: {e}"
-        if world > 1:
-            errs = [None] * world
-            dist.all_gather_object(errs, err)
-            err = next((e for e in errs if e is not None), None)
-        if err is not None:
-            sys.exit(err)
-    return out
-
-
 class Objective(nn.Module):
     """The decoder, the episode head and the learned inner step sizes as one module whose forward
     is a whole step's loss: what DDP wraps, so that one backward all-reduces every gradient,
     the meta-gradient included. A meta step's inner loop (torch.autograd.grad) runs inside
-    forward, before DDP listens for gradients, so it all-reduces nothing. LM steps leave the
-    episode head without gradients (hence find_unused_parameters)."""
+    forward, before DDP listens for gradients, so it all-reduces nothing."""
 
     def __init__(self, model, lm_model, head, inner, a):
         super().__init__()
@@ -280,7 +232,7 @@ def step_grads(net, kind, pos, a, train_tok, episodes, device, ctx, rank, world)
 
 def main(argv=None):
     a = get_args(argv)
-    rank, world, device = setup_device(a)
+    rank, world, device = ddp.setup(a)
     try:
         train(a, rank, world, device)
     finally:
@@ -292,8 +244,8 @@ def train(a, rank, world, device):
     out = Path(a.out_dir)
     ckpt = None
     if a.resume:
-        ckpt, a = agree(lambda: resume_config(a, out, cut_logs=rank == 0), rank, world)
-    dmeta, train_tok, val_tok = agree(lambda: load_data(a, ckpt), rank, world, "rank0_first")
+        ckpt, a = ddp.agree(lambda: resume_config(a, out, cut_logs=rank == 0), rank, world)
+    dmeta, train_tok, val_tok = ddp.agree(lambda: load_data(a, ckpt), rank, world, "rank0_first")
 
     # ---- hardware
     dtype = a.dtype
@@ -317,21 +269,18 @@ def train(a, rank, world, device):
                             lr=a.lr, betas=(0.9, 0.95), fused=device == "cuda")
     state = {"step": 0, "lm_pos": 0, "meta_pos": 0, "tokens": 0, "flops": 0.0, "elapsed_s": 0.0}
     if ckpt:
-        agree(lambda: load_state(ckpt, model, head, inner, opt, a, out), rank, world)
+        ddp.agree(lambda: load_state(ckpt, model, head, inner, opt, a, out), rank, world)
         state = ckpt["state"]
         checkpoint.set_rng_state(ckpt["rng"])
     lm_model = torch.compile(model) if a.compile else model  # meta steps use the plain module (torch.func)
-    net = Objective(model, lm_model, head, inner, a)
-    if world > 1:
-        net = DDP(net, device_ids=[torch.cuda.current_device()] if device == "cuda" else None,
-                  find_unused_parameters=True)
+    net = ddp.wrap(Objective(model, lm_model, head, inner, a), world, device)
 
     total, non_emb = count_params(margs)
     n_micro = world * a.grad_accum
     lm_tokens = a.batch_size * a.block_size * n_micro
     lm_flops = flops_per_token(margs, a.block_size) * lm_tokens
     peak = peak_flops(device)
-    episodes = agree(lambda: eplib.Episodes(a, Path(a.data_dir), dmeta, train_tok, val_tok), rank, world, "rank0_first")
+    episodes = ddp.agree(lambda: eplib.Episodes(a, Path(a.data_dir), dmeta, train_tok, val_tok), rank, world, "rank0_first")
     print(f"model {a.size}: {total:,} parameters ({non_emb:,} non-embedding), vocab {margs.vocab_size:,}")
     print(f"device {device}, dtype {dtype}, compile {a.compile}, seed {a.seed}"
           + (f", {world} processes (DDP, {dist.get_backend()})" if world > 1 else ""))
@@ -358,7 +307,7 @@ def train(a, rank, world, device):
                 val_tok, min(4, a.batch_size), a.block_size, a.seed, STREAM_PROBE, 0, "cpu")
             return dynamics.Recorder(tuple(t.to(device) for t in probe), out / "dynamics.jsonl", ctx)
 
-    dyn = agree(start_outputs, rank, world, "rank0")
+    dyn = ddp.agree(start_outputs, rank, world, "rank0")
     win = {"lm_ms": [], "meta_ms": [], "lm_loss": [], "sup_acc": [], "qry_acc": [], "meta_loss": []}
 
     def diverged(what, value, step):
@@ -403,7 +352,7 @@ def train(a, rank, world, device):
             evaluate()
 
     if not a.resume:
-        agree(lambda: rank0_work(True, True), rank, world, "rank0")
+        ddp.agree(lambda: rank0_work(True, True), rank, world, "rank0")
     bar = tqdm(range(state["step"], a.max_steps), initial=state["step"], total=a.max_steps, desc="train",
                disable=None if rank == 0 else True)
     for _ in bar:
@@ -442,7 +391,7 @@ def train(a, rank, world, device):
         measure = dyn_every and state["step"] % dyn_every == 0
         ev = state["step"] % a.eval_every == 0 or state["step"] == a.max_steps
         if measure or ev:  # the other ranks wait, and leave with rank 0's error if it has one
-            agree(lambda: rank0_work(measure, ev), rank, world, "rank0")
+            ddp.agree(lambda: rank0_work(measure, ev), rank, world, "rank0")
     bar.close()
     print(f"done: {state['step']} steps ({state['lm_pos']} LM, {state['meta_pos']} meta), "
           f"{state['tokens']:,} tokens, {state['flops']:.3g} FLOPs, {state['elapsed_s']:.1f} s; log in {log_path}")
