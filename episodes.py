@@ -178,8 +178,9 @@ class Episodes:
             elif len(t) <= a.block_size or a.k_shot + 1 > a.block_size:
                 raise SystemExit(f"train.py: error: --task pico needs {data_dir}/{s}.bin longer than --block-size "
                                  f"and --k-shot below --block-size")
-        rng = lambda i: np.random.default_rng([VAL_SEED, STREAM_VAL_EPISODES, i])
-        self.val = [self.episode("val", rng(i)) for i in range(a.eval_episodes)]
+        key = lambda i: [VAL_SEED, STREAM_VAL_EPISODES, i]
+        self.val = [self.episode("val", np.random.default_rng(key(i))) | {"seed": episode_seed(key(i))}
+                    for i in range(a.eval_episodes)]
 
     def episode(self, split, rng):
         a, tokens = self.a, self.splits[split]
@@ -191,7 +192,8 @@ class Episodes:
         return lm_episode(a, tokens, self.index[split], rng)
 
     def train_episode(self, i, device):
-        return to_device(self.episode("train", np.random.default_rng([self.a.seed, STREAM_META, i])), device)
+        key = [self.a.seed, STREAM_META, i]
+        return to_device(self.episode("train", np.random.default_rng(key)) | {"seed": episode_seed(key)}, device)
 
     def tokens_per_episode(self):
         a = self.a
@@ -212,9 +214,16 @@ class Episodes:
         return f"{shape} = {self.tokens_per_episode():,} tokens/episode"
 
 
+def episode_seed(key):
+    """An integer of the episode's own, for what the learner draws per episode (--inner-rank's
+    directions) without touching any other random stream."""
+    return int(np.random.SeedSequence(key).generate_state(1)[0])
+
+
 def to_device(ep, device):
     out = {k: torch.from_numpy(np.asarray(v)).to(device) for k, v in ep.items() if k in TENSORS}
     out["tokens"] = sum(v.numel() for k, v in out.items() if k in ("xs", "xq"))
+    out["seed"] = ep.get("seed", 0)
     return out
 
 

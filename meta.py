@@ -80,6 +80,13 @@ def add_args(p):
     g.add_argument("--inner-params", default=None,
                    help="what adapts: head, top-K (last K blocks + final norm + head) or all (default: "
                         + ", ".join(f"{t} {v}" for t, v in INNER_PARAMS.items()) + ")")
+    g.add_argument("--inner-rank", type=int, default=0,
+                   help="adapt each adapted backbone matrix W as W + U V of rank R (U from zero, V fixed random "
+                        "directions per episode; MLtD-style low-rank adaptation); 0 = adapt W itself")
+    g.add_argument("--inner-rank-learn-v", action="store_true", help="with --inner-rank: adapt V as well as U")
+    g.add_argument("--outer", default="fomaml", choices=["fomaml", "reptile"],
+                   help="outer rule: first-order MAML (query loss of the adapted weights) or Reptile (move toward "
+                        "the weights adapted on support + query)")
     g.add_argument("--skip-top-words", type=int, default=100, help="smlmt: skip the N most frequent token types")
     g.add_argument("--min-word-count", type=int, default=50, help="smlmt: skip token types rarer than this")
 
@@ -98,23 +105,40 @@ def check_args(a, prog="train.py"):
     if a.task == "lm" and spec == "head":
         raise SystemExit(f"{prog}: error: --inner-params head needs --task smlmt or pico (lm has no episode head); "
                          "use top-K or all")
+    if a.inner_rank < 0 or (a.inner_rank and spec == "head"):
+        raise SystemExit(f"{prog}: error: --inner-rank {a.inner_rank}: a rank >= 1 adapts backbone matrices, so it "
+                         "needs --inner-params top-K or all (0 = full-rank)")
+    if a.inner_rank_learn_v and not a.inner_rank:
+        raise SystemExit(f"{prog}: error: --inner-rank-learn-v needs --inner-rank R >= 1")
+    if a.outer == "reptile" and a.task == "smlmt" and spec == "head":
+        raise SystemExit(f"{prog}: error: --outer reptile moves the weights the inner loop adapts, and smlmt's head is "
+                         "rebuilt from prototypes every episode: use --inner-params top-K or all")
+    if a.outer == "reptile" and (a.inner_steps < 1 or a.inner_lr <= 0):
+        raise SystemExit(f"{prog}: error: --outer reptile moves toward the adapted weights: it needs --inner-steps >= 1 "
+                         "and --inner-lr > 0")
+    if a.outer == "reptile" and a.learn_inner_lr:
+        raise SystemExit(f"{prog}: error: --learn-inner-lr learns step sizes from a query loss, which --outer reptile "
+                         "does not have; use --outer fomaml")
 
 
 # ----------------------------------------------------------------------------- the algorithm
 
-def inner_loop(support_loss, fast, steps, lr):
+def inner_loop(support_loss, fast, steps, lr, losses=None):
     """`steps` SGD steps on support_loss, first order: each gradient g_i is taken at detached
     weights, so it is a constant, and the result theta - lr * sum_i g_i has d/d theta = I.
     `fast` may hold parameters or tensors that carry a graph (prototypes): it is kept intact.
     lr is one float or a step size per tensor; a step size that is a tensor with a graph
     (Meta-SGD's exp(log_lr)) receives d L_Q / d lr = -<grad L_Q(phi_n), sum_i g_i> from the
-    last line, the only place it enters the graph."""
+    last line, the only place it enters the graph. `losses`, a list, receives each step's loss."""
     lrs = lr if isinstance(lr, dict) else dict.fromkeys(fast, lr)
     phi = {n: w.detach() for n, w in fast.items()}
     total = {n: torch.zeros_like(w) for n, w in phi.items()}
     for _ in range(steps):
         phi = {n: w.requires_grad_() for n, w in phi.items()}
-        grads = torch.autograd.grad(support_loss(phi), list(phi.values()))
+        loss = support_loss(phi)
+        grads = torch.autograd.grad(loss, list(phi.values()))
+        if losses is not None:
+            losses.append(loss.detach())
         with torch.no_grad():
             phi = {n: w - lrs[n] * g for (n, w), g in zip(phi.items(), grads)}
         total = {n: t + g for (n, t), g in zip(total.items(), grads)}
@@ -139,10 +163,44 @@ def inner_lrs_now(inner):
     return {k.replace("/", "."): round(v.exp().item(), 6) for k, v in inner.items()}
 
 
-def adapt(support, fast, units, a, inner):
-    """The inner loop with its step sizes: learned (inner) or --inner-lr, times the tensor's unit."""
+def adapt(support, fast, units, a, inner, seed=0, losses=None):
+    """The inner loop with its step sizes: learned (inner) or --inner-lr, times the tensor's unit.
+    With --inner-rank, the backbone's matrices adapt through low-rank deltas (low_rank); either
+    way the result is the full set of fast weights."""
+    compose = lambda f: f
+    if a.inner_rank:
+        fast, compose = low_rank(fast, a.inner_rank, a.inner_rank_learn_v, seed)
     lrs = {n: units.get(n, 1.0) * (inner[lr_key(n)].exp() if lr_key(n) in inner else a.inner_lr) for n in fast}
-    return inner_loop(lambda f: ce(*support(f)), fast, a.inner_steps, lrs)
+    return compose(inner_loop(lambda f: ce(*support(compose(f))), fast, a.inner_steps, lrs, losses))
+
+
+def low_rank(fast, rank, learn_v, seed):
+    """Meta-learning the difference (Hou et al. 2022): each adapted backbone matrix W (d_out x d_in)
+    adapts as W + U V. U (d_out x R) starts at zero, so the adapted model starts as the model;
+    V (R x d_in) has orthonormal rows drawn for this episode (seed), so a step on U is the full
+    step on W projected onto R input directions: dL/dU = G V^T, dW = -lr G V^T V, and --inner-lr
+    means what it means for full-rank adaptation. Returns the tensors the inner loop adapts
+    (U, and V with learn_v, in place of W; vectors and the head as before) and compose(f), the
+    full fast weights W + U V that functional_call receives; the meta-gradient reaches W through
+    compose. R is capped at min(d_out, d_in)."""
+    gen = torch.Generator().manual_seed(seed)
+    start, base, V = {}, {}, {}
+    for n, w in fast.items():
+        if n.startswith("head.") or w.dim() != 2:
+            start[n] = w
+            continue
+        r = min(rank, *w.shape)
+        q, _ = torch.linalg.qr(torch.randn(w.shape[1], r, generator=gen))  # (d_in, r), orthonormal columns
+        base[n], V[n] = w, q.T.to(w.device, w.dtype)  # V: (r, d_in)
+        start[n + ".U"] = torch.zeros(w.shape[0], r, device=w.device, dtype=w.dtype)  # (d_out, r)
+        if learn_v:
+            start[n + ".V"] = V[n]
+
+    def compose(f):
+        full = {n: w for n, w in f.items() if not n.endswith((".U", ".V"))}
+        return full | {n: w + f[n + ".U"] @ f.get(n + ".V", V[n]) for n, w in base.items()}  # (d_out, d_in)
+
+    return start, compose
 
 
 def adapted_names(model, spec):
@@ -158,8 +216,12 @@ def adapted_names(model, spec):
 
 
 def fast_names(model, head, a):
-    """Every tensor the inner loop adapts: the backbone's (adapted_names) and the episode head's."""
+    """Every tensor the inner loop adapts: the backbone's (adapted_names, or their U and V with
+    --inner-rank) and the episode head's."""
     names = adapted_names(model, a.inner_params)
+    if a.inner_rank:
+        matrix = lambda n: model.get_parameter(n).dim() == 2
+        names = [m for n in names for m in ([n + ".U"] + [n + ".V"] * a.inner_rank_learn_v if matrix(n) else [n])]
     if a.task == "smlmt":
         return names + ["head.w", "head.b"]
     return names + ["head." + n for n, _ in head.named_parameters()] if a.task == "pico" else names
@@ -278,9 +340,12 @@ def meta_loss(model, head, ep, a, inner=None):
     """One FOMAML episode: adapt on the support set, then the query loss of the adapted weights,
     whose backward leaves the first-order meta-gradient on the starting weights (the inner
     steps are detached). The inner loop's torch.autograd.grad calls run here, before any
-    backward of the caller: under DDP they all-reduce nothing (README, Several GPUs)."""
+    backward of the caller: under DDP they all-reduce nothing (README, Several processes).
+    With --outer reptile, reptile_loss instead."""
+    if a.outer == "reptile":
+        return reptile_loss(model, head, ep, a)
     support, fast, query, units = episode_fns(model, head, ep, a, adapted_names(model, a.inner_params))
-    fast = adapt(support, fast, units, a, inner if inner is not None else {})
+    fast = adapt(support, fast, units, a, inner if inner is not None else {}, ep.get("seed", 0))
     logits, y = query(fast)
     loss = ce(logits, y)
     s_acc = None
@@ -288,6 +353,31 @@ def meta_loss(model, head, ep, a, inner=None):
         with torch.no_grad():
             s_acc = accuracy(*support({n: w.detach() for n, w in fast.items()}))
     return loss, {"support_acc": s_acc, "query_acc": accuracy(logits.detach(), y)}
+
+
+def reptile_loss(model, head, ep, a):
+    """Reptile (Nichol et al. 2018): no query set of its own. The inner loop runs on support and
+    query together, phi = theta - lr * sum_i g_i, and the outer gradient of each persistent
+    weight it adapted is (theta - phi) / (lr * k), k = --inner-steps. Dividing by the inner
+    path length makes that the mean of the k inner gradients: the same scale as an LM
+    gradient, whatever --inner-lr and --inner-steps, so the outer lr, the gradient clipping and
+    the optimiser's moments shared with LM steps mean what they mean for an LM step. (Reptile's
+    own epsilon is the outer lr.) Returned as a loss whose gradient is exactly that, so that
+    DDP all-reduces it like any other; its value is the last inner step's loss. smlmt's head
+    is rebuilt from prototypes every episode, so only adapted backbone weights and the pico
+    head (persistent parameters) move."""
+    with torch.no_grad():  # the prototypes need no graph: no query gradient flows through them here
+        support, fast, query, units = episode_fns(model, head, ep, a, adapted_names(model, a.inner_params))
+
+    def both(f):  # (logits, targets) of support and query together
+        (ls, ys), (lq, yq) = support(f), query(f)
+        return torch.cat([ls, lq]), torch.cat([ys, yq])
+
+    losses = []
+    phi = adapt(both, fast, units, a, {}, ep.get("seed", 0), losses)
+    surrogate = sum((w * ((w - phi[n]).detach() / (a.inner_lr * units.get(n, 1.0) * a.inner_steps))).sum()
+                    for n, w in fast.items() if isinstance(w, nn.Parameter))  # d/dw = (theta - phi) / (lr k)
+    return surrogate - surrogate.detach() + losses[-1], {"support_acc": None, "query_acc": None}
 
 
 def meta_step(model, head, ep, a, inner=None):
@@ -312,6 +402,8 @@ def step_flops(a, margs):
         n_s, n_q = (a.k_shot, a.n_query) if lm else (a.n_way * a.k_shot, a.n_way * a.n_query)
     fwd = flops_per_token(margs, L, backward=False, lm_head=lm)
     full = flops_per_token(margs, L, backward=True, lm_head=lm)
+    if a.outer == "reptile":  # prototypes without a graph, then the inner loop on support + query: no outer pass
+        return (0 if lm else fwd * n_s * L) + a.inner_steps * full * (n_s + n_q) * L
     support = 0 if lm else (full if a.task == "smlmt" and a.proto_grad else fwd) * n_s * L
     inner = 0 if a.inner_params == "head" else a.inner_steps * full * n_s * L
     return support + inner + full * n_q * L
@@ -327,7 +419,7 @@ def evaluate(model, head, val_episodes, a, device, ctx, inner=None):
         with ctx:
             support, fast, query, units = episode_fns(model, head, ep, a, names)  # no_grad: prototypes without a graph
             with torch.enable_grad():
-                adapted = adapt(support, fast, units, a, inner if inner is not None else {})
+                adapted = adapt(support, fast, units, a, inner if inner is not None else {}, ep.get("seed", 0))
             for when, f in (("before", fast), ("after", adapted)):
                 logits, y = query(f)
                 out[f"acc_{when}"].append(accuracy(logits, y))

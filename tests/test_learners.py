@@ -1,0 +1,123 @@
+"""More meta-learners in meta.py: the low-rank inner loop (--inner-rank) and Reptile (--outer)."""
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.func import functional_call
+
+import episodes as eplib
+import meta
+from conftest import run_train
+from test_meta import setup
+
+
+def test_low_rank_fast_weights_with_u_zero_are_the_model(data_dir):
+    a, eps, model, _, head = setup(data_dir, "--task", "lm", "--inner-params", "all", "--inner-rank", "3")
+    params = dict(model.named_parameters())
+    start, compose = meta.low_rank(params, 3, True, seed=7)
+    assert all(not n.endswith(".U") or not w.any() for n, w in start.items())  # U starts at zero
+    assert {n for n in start if n.endswith(".U")} == {n + ".U" for n, w in params.items() if w.dim() == 2}
+    x = torch.from_numpy(eps.val[0]["xs"])
+    with torch.no_grad():
+        assert torch.equal(functional_call(model, compose(start), (x,))[0], model(x)[0])
+
+
+def numerical_rank(d):
+    # W + U V is rounded to float32: about 1e-8 of noise in every singular value (|W| ~ 0.02),
+    # while the real ones are >= 1e-4 here
+    return int((torch.linalg.svdvals(d.double()) > 1e-6).sum())
+
+
+@pytest.mark.parametrize("learn_v", [False, True])
+def test_every_inner_step_changes_a_matrix_by_rank_at_most_r(data_dir, learn_v):
+    R = 2
+    extra = ["--inner-rank-learn-v"] if learn_v else []
+    a, eps, model, _, head = setup(data_dir, "--task", "lm", "--inner-params", "top-1", "--inner-rank", R, *extra)
+    ep = eplib.to_device(eps.val[0], "cpu")
+    support, fast, _, units = meta.episode_fns(model, head, ep, a, meta.adapted_names(model, "top-1"))
+    for rank, steps in ((R, 1), (R, 3), (0, 3)):
+        a.inner_rank, a.inner_steps = rank, steps
+        phi = meta.adapt(support, fast, units, a, {}, ep["seed"])
+        deltas = {n: (phi[n] - w).detach() for n, w in fast.items() if w.dim() == 2}
+        assert len(deltas) == 7  # q, k, v, o, w1, w2, w3 of the last block
+        ranks = [numerical_rank(d) for d in deltas.values()]
+        if rank:
+            assert ranks == [R] * 7, ranks  # moved, within R directions
+        else:
+            assert min(ranks) > 4 * R, ranks  # full-rank adaptation: the check can tell
+        assert (phi["norm.weight"] != fast["norm.weight"]).all()  # vectors adapt in full
+
+
+def test_low_rank_meta_gradient_matches_the_hand_derivation_on_a_linear_model():
+    torch.manual_seed(0)
+    lin = nn.Linear(5, 4, bias=False)
+    xs, ys, xq, yq = torch.randn(6, 5), torch.randn(6, 4), torch.randn(3, 5), torch.randn(3, 4)
+    grad = lambda W, x, y: 2 * (x @ W.T - y).T @ x / y.numel()  # d mse / d W, by hand
+    R, lr = 2, 0.3
+    start, compose = meta.low_rank(dict(lin.named_parameters()), R, False, seed=3)
+    # read V off compose: with U = [I_R; 0], W + U V - W is V in the first R rows
+    V = (compose({"weight.U": torch.eye(4, R)})["weight"] - lin.weight).detach()[:R]  # (R, d_in)
+    assert torch.allclose(V @ V.T, torch.eye(R), atol=1e-5)  # orthonormal rows
+
+    support_loss = lambda f: F.mse_loss(functional_call(lin, compose(f), (xs,)), ys)
+    fast = meta.inner_loop(support_loss, start, 2, lr)
+    F.mse_loss(functional_call(lin, compose(fast), (xq,)), yq).backward()
+
+    W, U = lin.weight.detach().clone(), torch.zeros(4, R)
+    for _ in range(2):
+        U = U - lr * grad(W + U @ V, xs, ys) @ V.T  # dL/dU = dL/dW_fast V^T
+    assert torch.allclose(lin.weight.grad, grad(W + U @ V, xq, yq), atol=1e-6)  # first order: lands on W
+
+
+def test_reptile_gradient_is_theta_minus_phi_over_the_inner_path(data_dir):
+    steps, lr = 2, 0.05
+    a, eps, model, _, head = setup(data_dir, "--task", "lm", "--inner-params", "top-1", "--outer", "reptile",
+                                   "--inner-steps", steps, "--inner-lr", lr)
+    ep = eplib.to_device(eps.val[0], "cpu")
+    loss, stats = meta.meta_loss(model, head, ep, a)
+    loss.backward()
+    names = meta.adapted_names(model, "top-1")
+    # by hand: plain SGD on next-token loss over support and query together
+    phi = {n: p.detach().clone() for n, p in model.named_parameters()}
+    x, y = torch.cat([ep["xs"], ep["xq"]]), torch.cat([ep["ys"], ep["yq"]])
+    for _ in range(steps):
+        w = {n: t.requires_grad_() for n, t in phi.items() if n in names}
+        logits = functional_call(model, phi | w, (x,))[0]
+        g = torch.autograd.grad(F.cross_entropy(logits.flatten(0, 1), y.flatten()), list(w.values()))
+        phi |= {n: (t - lr * gi).detach() for (n, t), gi in zip(w.items(), g)}
+    for n, p in model.named_parameters():
+        if n in names:
+            assert torch.allclose(p.grad, (p.detach() - phi[n]) / (lr * steps), atol=1e-5), n
+        else:
+            assert p.grad is None, n  # Reptile moves only what the inner loop adapted
+    assert stats == {"support_acc": None, "query_acc": None} and torch.isfinite(loss)
+
+
+def test_reptile_with_hybrid_ratio_zero_reproduces_vanilla_exactly(data_dir, tmp_path):
+    base = ["--max-steps", 6, "--eval-every", 3, "--meta-start", 0]
+    vanilla = run_train(data_dir, tmp_path / "v", *base)
+    reptile = run_train(data_dir, tmp_path / "r", *base, "--meta", "--outer", "reptile", "--inner-params", "top-2",
+                        "--inner-rank", 2, "--hybrid-ratio", 0)
+    for v, r in zip(vanilla, reptile):
+        assert v["val_loss"] == r["val_loss"] and v["train_loss"] == r["train_loss"]
+        assert v["episode_acc_after"] == r["episode_acc_after"]
+
+
+@pytest.mark.parametrize("flags", [["--outer", "reptile", "--task", "pico"],
+                                   ["--outer", "reptile", "--inner-params", "top-1"],
+                                   ["--inner-rank", 2, "--inner-params", "top-1"]],
+                         ids=["reptile-pico", "reptile-smlmt", "rank-smlmt"])
+def test_train_runs_meta_steps_with_each_learner(data_dir, tmp_path, flags):
+    rows = run_train(data_dir, tmp_path, "--max-steps", 8, "--eval-every", 8, "--meta", "--meta-start", 0, *flags)
+    assert rows[-1]["meta_steps"] > 0 and rows[-1]["meta_loss"] is not None
+    assert all(x["val_loss"] == x["val_loss"] for x in rows)  # finite, not NaN
+
+
+def test_learner_flags_that_cannot_run_are_refused(data_dir):
+    for flags, words in ((["--inner-rank", 2], "--inner-rank 2"),  # smlmt's default is head
+                         (["--inner-rank-learn-v"], "--inner-rank-learn-v"),
+                         (["--outer", "reptile"], "--outer reptile"),
+                         (["--outer", "reptile", "--task", "lm", "--learn-inner-lr"], "--learn-inner-lr"),
+                         (["--outer", "reptile", "--task", "lm", "--inner-steps", 0], "--inner-steps")):
+        with pytest.raises(SystemExit, match=words):
+            setup(data_dir, *flags)
