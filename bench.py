@@ -7,6 +7,7 @@ bfloat16 ("of matmul peak"); on a GPU with a known datasheet peak, MFU too.
     python bench.py --data-dir data/enwiki8k --batch-size 16 --block-size 128   # the CPU recipe's shapes
     python bench.py --data-dir data/enwiki8k --device cuda --dtype bfloat16 --compile
     python bench.py ... --json                               # one JSON object instead of the lines
+    python bench.py ... --learners                           # meta step ms and memory per inner loop / outer rule
 
 The default episode (32-way, 4 support + 4 query windows of 64 tokens = 16,384 tokens) matches
 the default LM batch (32 x 512 = 16,384 tokens), so the ratio compares equal token counts.
@@ -14,6 +15,8 @@ Target: meta / LM <= 1.3.
 """
 import argparse
 import json
+import subprocess
+import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -54,6 +57,49 @@ def matmul_flops(device, dtype, n=2048, steps=10):
     return 2 * n**3 / (ms / 1000)
 
 
+# --learners: the meta step of each inner loop and outer rule, on top of the episode flags given
+LEARNERS = {"top-2": ["--inner-params", "top-2"],
+            "top-2, rank 4": ["--inner-params", "top-2", "--inner-rank", "4"],
+            "all, rank 4": ["--inner-params", "all", "--inner-rank", "4"],
+            "all": ["--inner-params", "all"],
+            "reptile, top-2": ["--outer", "reptile", "--inner-params", "top-2"]}
+
+
+def rss_kib(field):
+    """VmRSS (now) or VmHWM (the peak) of this process, in KiB (Linux)."""
+    return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith(field + ":"))
+
+
+def reset_peak_rss():
+    """Linux resets VmHWM to the current RSS on a '5' written to clear_refs (since 4.0); where
+    that is not allowed, the peak stays the process's own since start (an upper bound)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def learners(argv, as_json):
+    """Each learner in a fresh process (so that the CPU's peak RSS is its own): ms per meta step
+    and the memory the meta steps add (CUDA: peak allocated; CPU: peak RSS growth)."""
+    rows = {}
+    for name, flags in LEARNERS.items():
+        cmd = [sys.executable, __file__, *argv, *flags, "--meta-only", "--json"]
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode != 0:
+            sys.exit(f"bench.py: error: --learners {name!r} failed: {r.stderr.strip().splitlines()[-1]}")
+        rows[name] = json.loads(r.stdout.strip().splitlines()[-1])
+    if as_json:
+        return print(json.dumps(rows))
+    base = rows["top-2"]
+    print(f"meta step by learner ({base['size']}, {base['device']} {base['dtype']}, {base['episode']}):")
+    print(f"{'learner':<16} {'ms/step':>9} {'x top-2':>8} {'memory MiB':>11} {'x top-2':>8}")
+    for name, r in rows.items():
+        print(f"{name:<16} {r['meta_ms']:9.1f} {r['meta_ms'] / base['meta_ms']:8.2f} {r['meta_mem_mib']:11.1f} "
+              f"{r['meta_mem_mib'] / base['meta_mem_mib']:8.2f}")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 allow_abbrev=False)
@@ -65,7 +111,12 @@ def main():
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--json", action="store_true", help="print one JSON object with every number")
+    p.add_argument("--learners", action="store_true",
+                   help="instead: the meta step of each inner loop and outer rule (" + "; ".join(LEARNERS) + ")")
+    p.add_argument("--meta-only", action="store_true", help=argparse.SUPPRESS)  # one learner, for --learners
     b, rest = p.parse_known_args()
+    if b.learners:
+        return learners([s for s in sys.argv[1:] if s not in ("--learners", "--json")], b.json)
     a = train.get_args(["--data-dir", b.data_dir, "--size", b.size, *rest])  # episode and batch flags
     dmeta = datalib.load_meta(b.data_dir)
     train_tok, val_tok = datalib.load_bins(b.data_dir, dmeta)
@@ -100,6 +151,8 @@ def main():
         loss.item()
         pos["meta"] += 1
 
+    if b.meta_only:
+        return print(json.dumps(meta_only(b, meta_step, episodes)))
     total, non_emb = count_params(margs)
     lm_tokens = a.batch_size * a.block_size
     mm = {d: matmul_flops(b.device, getattr(torch, d)) for d in ("float32", "bfloat16")}
@@ -130,6 +183,19 @@ def main():
         print(f"LM MFU {r['mfu']:.1%} of {peak:.3g} FLOP/s (datasheet)")
     if r["peak_memory_gib"] is not None:
         print(f"peak memory {r['peak_memory_gib']:.2f} GiB")
+
+
+def meta_only(b, meta_step, episodes):
+    if b.device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        reset_peak_rss()
+        base = rss_kib("VmRSS") * 1024
+    ms = timed(meta_step, b.warmup, b.steps, b.device)
+    peak = torch.cuda.max_memory_allocated() if b.device == "cuda" else rss_kib("VmHWM") * 1024
+    return {"size": b.size, "device": b.device, "dtype": b.dtype, "episode": episodes.describe(), "meta_ms": ms,
+            "meta_mem_mib": (peak - base) / 2**20}
 
 
 if __name__ == "__main__":

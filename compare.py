@@ -2,16 +2,25 @@
 Compare training runs side by side: does meta-learning help?
 
     python compare.py out/vanilla out/meta --ner r_vanilla.json,r_meta.json --out report.md
+    python compare.py out/v-s1 out/v-s2 out/v-s3 out/m-s1 out/m-s2 out/m-s3   # arms of 3 seeds
+    python compare.py --arm vanilla=out/v1,out/v2 --arm meta=out/m1,out/m2
 
 For each target val loss: the step, tokens, FLOPs and seconds at which each run first reached
 it (linear interpolation between evals; never extrapolated), and the speedup against the first
 run (the paper's "same loss up to 1.6x sooner"). Then final loss and perplexity, val-episode
 accuracy, UNER F1, and summaries of the learning dynamics (when and how far activation
 effective rank and head entropy rose and fell). Plots when matplotlib is installed.
+
+Several seeds: runs with the same config except --seed and --out-dir form an arm (or name arms
+with --arm). For every arm and figure the report gives mean +- standard deviation over seeds,
+and for every arm after the first the difference to the first, paired by seed, with a 95%
+t interval; an interval that spans 0 is marked "not significant". Final figures are compared
+at equal steps, at equal tokens and at equal FLOPs (val loss interpolated between evals).
 """
 import argparse
 import json
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -172,6 +181,103 @@ def report(runs, targets, ner):
     return "\n".join(out) + "\n", summary
 
 
+# ----------------------------------------------------------------------------- arms of several seeds
+
+# two-sided 95% quantiles of Student's t for 1..30 degrees of freedom (normal beyond)
+T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+        2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
+NOT_THE_ARM = {"seed", "out_dir", "data_dir", "resume", "given"}  # config keys that may differ within an arm
+
+
+def group_arms(runs):
+    """[(name, runs)]: runs whose configs differ only in NOT_THE_ARM, in order of first appearance;
+    named after the first run's directory without a trailing seed (vanilla-s2 -> vanilla)."""
+    arms = {}
+    for r in runs:
+        cfg = r["info"].get("config")
+        key = str(r["dir"]) if cfg is None else json.dumps({k: v for k, v in cfg.items() if k not in NOT_THE_ARM},
+                                                           sort_keys=True, default=str)
+        arms.setdefault(key, []).append(r)
+    named = [(re.sub(r"[-_.]?s(eed)?\d+$", "", rs[0]["name"]) or rs[0]["name"], rs) for rs in arms.values()]
+    return [(n if [m for m, _ in named].count(n) == 1 else f"{n}#{i}", rs) for i, (n, rs) in enumerate(named)]
+
+
+def at(log, key, x):
+    """val loss where `key` (step, tokens or flops) equals x, interpolated linearly between evals."""
+    for p, r in zip(log, log[1:]):
+        if p[key] <= x <= r[key]:
+            return p["val_loss"] + (x - p[key]) / (r[key] - p[key]) * (r["val_loss"] - p["val_loss"]) if r[key] > p[key] else r["val_loss"]
+    return log[-1]["val_loss"] if x == log[-1][key] else None
+
+
+def arm_figures(runs, targets, ner_by_dir):
+    """{figure: {run dir: value}} over all runs. Final val losses at the step, tokens and FLOPs
+    every run reached (equal steps / tokens / FLOPs); steps to each target; val episodes;
+    held-out text; NER F1."""
+    figs = {}
+    for key, unit in (("step", "steps"), ("tokens", "tokens"), ("flops", "FLOPs")):
+        x = min(r["log"][-1][key] for r in runs)
+        figs[f"val loss at equal {unit} ({x:.3g})"] = {r["dir"]: at(r["log"], key, x) for r in runs}
+    for t in targets:
+        figs[f"steps to val loss {t}"] = {r["dir"]: (crossing(r["log"], t) or {}).get("step") for r in runs}
+    figs["val episodes acc after the inner loop"] = {r["dir"]: r["log"][-1].get("episode_acc_after") for r in runs}
+    for name in sorted({n for r in runs for n in (r["log"][-1].get("eval_text") or {})}):
+        for m in ("loss", "bpb"):
+            figs[f"held-out {name} {m}"] = {r["dir"]: (r["log"][-1].get("eval_text") or {}).get(name, {}).get(m)
+                                            for r in runs}
+    if ner_by_dir:
+        figs["UNER average F1 (%)"] = {d: 100 * n["avg_f1"] for d, n in ner_by_dir.items()}
+    return figs
+
+
+def mean_sd(values):
+    v = [x for x in values if x is not None]
+    if not v:
+        return "-"
+    return f"{np.mean(v):.4g}" + (f" ± {np.std(v, ddof=1):.2g}" if len(v) > 1 else "")
+
+
+def paired(base, other):
+    """Mean difference other - base over the seeds both have, its 95% t interval, and whether the
+    interval excludes 0. None where fewer than 2 seeds pair (no interval)."""
+    d = [other[s] - base[s] for s in base if s in other and base[s] is not None and other[s] is not None]
+    if len(d) < 2:
+        return (d[0] if d else None), None, None
+    half = (T975[len(d) - 2] if len(d) <= 31 else 1.96) * np.std(d, ddof=1) / math.sqrt(len(d))
+    m = float(np.mean(d))
+    return m, (m - half, m + half), not (m - half <= 0 <= m + half)
+
+
+def arms_report(arms, targets, ner_by_dir):
+    runs = [r for _, rs in arms for r in rs]
+    figs = arm_figures(runs, targets, ner_by_dir)
+    seed = lambda r: r["info"].get("config", {}).get("seed", str(r["dir"]))
+    base_name, base = arms[0]
+    out = ["## Arms over seeds", "", "Mean ± standard deviation over each arm's seeds; the difference to "
+           f"`{base_name}` is paired by seed, with its 95% t interval.", "",
+           "| figure | " + " | ".join(f"{n} ({len(rs)} seed{'s' * (len(rs) > 1)})" for n, rs in arms) + " | " +
+           " | ".join(f"{n} − {base_name}" for n, _ in arms[1:]) + " |", "|---" * (2 * len(arms)) + "|"]
+    reading = []
+    for fig, vals in figs.items():
+        cells = [mean_sd([vals.get(r["dir"]) for r in rs]) for _, rs in arms]
+        diffs = []
+        for name, rs in arms[1:]:
+            m, ci, sig = paired({seed(r): vals.get(r["dir"]) for r in base}, {seed(r): vals.get(r["dir"]) for r in rs})
+            if m is None:
+                diffs.append("-")
+            elif ci is None:
+                diffs.append(f"{m:+.4g} (1 seed: no interval)")
+            else:
+                verdict = "" if sig else " not significant"
+                diffs.append(f"{m:+.4g} [{ci[0]:+.3g}, {ci[1]:+.3g}]{verdict}")
+                reading.append(f"- {name} − {base_name}, {fig}: {m:+.4g}, 95% CI [{ci[0]:+.3g}, {ci[1]:+.3g}]: "
+                               + ("significant" if sig else "not significant"))
+        out.append(f"| {fig} | " + " | ".join(cells + diffs) + " |")
+    if reading:
+        out += ["", "Reading (paired differences; \"not significant\" = the interval spans 0):", "", *reading]
+    return out
+
+
 def lr_layers(inner_lrs):
     """{layer: {tensor: step size}}: the embedding, each block, the final norm, the episode head."""
     out = {}
@@ -235,13 +341,24 @@ def save(fig, path):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 allow_abbrev=False)
-    p.add_argument("runs", nargs="+", help="train.py output directories; the first is the baseline")
+    p.add_argument("runs", nargs="*", help="train.py output directories; the first (arm) is the baseline")
+    p.add_argument("--arm", action="append", default=[], metavar="NAME=DIR,DIR,...",
+                   help="name an arm and its runs (one per seed), instead of grouping the runs by config")
     p.add_argument("--targets", help="comma-separated val losses (default: spread over what every run crosses)")
     p.add_argument("--ner", help="comma-separated eval_ner.py --out files, one per run, in the same order")
     p.add_argument("--out", default="report.md", help="markdown report; plots go beside it")
     a = p.parse_args(argv)
     try:
-        runs = [load_run(d) for d in a.runs]
+        if bool(a.runs) == bool(a.arm):
+            raise CompareError("give run directories, or arms with --arm NAME=DIR,DIR,... (not both)")
+        arms = []
+        for spec in a.arm:
+            name, _, dirs = spec.partition("=")
+            if not name or not dirs:
+                raise CompareError(f"--arm {spec!r}: write NAME=DIR,DIR,...")
+            arms.append((name, [load_run(d) for d in dirs.split(",")]))
+        runs = [load_run(d) for d in a.runs] or [r for _, rs in arms for r in rs]
+        arms = arms or group_arms(runs)
         check_same_data(runs)
         targets = [float(t) for t in a.targets.split(",")] if a.targets else default_targets(runs)
         ner = None
@@ -256,6 +373,8 @@ def main(argv=None):
     except (CompareError, ValueError) as e:
         sys.exit(f"compare.py: error: {e}")
     text, summary = report(runs, targets, ner)
+    if a.arm or any(len(rs) > 1 for _, rs in arms):
+        text += "\n" + "\n".join(arms_report(arms, targets, dict(zip((r["dir"] for r in runs), ner or [])))) + "\n"
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     files = plots(runs, out.parent)

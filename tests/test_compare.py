@@ -111,3 +111,45 @@ def test_learned_inner_step_sizes_are_reported_per_layer(tmp_path):
     assert "`a` (started at 0.1)" in text
     assert "| block 0 | 2 | 0.2 | 0.1 (mlp.w1) | 0.4 (attn.q) |" in text  # geometric mean of 0.4 and 0.1
     assert "| head | 1 | 2 | 2 (w) | 2 (w) |" in text
+
+
+def write_seed_run(d, seed, final, acc_after, meta=False):
+    """Two evals; the config differs between arms only in --meta, within an arm only in the seed."""
+    d.mkdir(parents=True)
+    rows = [{"step": 0, "tokens": 0, "flops": 0, "elapsed_s": 0, "val_loss": 9.0, "episode_acc_after": 0.3},
+            {"step": 100, "tokens": 1000, "flops": 1e12, "elapsed_s": 50, "val_loss": final, "episode_acc_after": acc_after,
+             "eval_text": {"held": {"loss": final + 1, "bpb": final / 4}}}]
+    (d / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    meta_d = {"encoding": "cl100k_base", "vocab_size": 8192, "sources": [{"path": "x", "sha256": "abc"}]}
+    (d / "run.json").write_text(json.dumps({"data_meta": meta_d, "config": {
+        "seed": seed, "out_dir": str(d), "meta": meta, "lr": 2e-3}}))
+    return d
+
+
+def test_arms_report_means_sds_and_paired_t_intervals(tmp_path):
+    van = [write_seed_run(tmp_path / f"vanilla-s{s}", s, v, 0.5) for s, v in ((1, 5.0), (2, 5.1), (3, 5.2))]
+    met = [write_seed_run(tmp_path / f"meta-s{s}", s, v, acc, meta=True)
+           for s, v, acc in ((3, 5.0, 0.62), (1, 4.9, 0.60), (2, 5.05, 0.61))]  # listed out of seed order
+    out = tmp_path / "r" / "report.md"
+    compare.main([*map(str, van + met), "--targets", "6.0", "--out", str(out)])
+    text = out.read_text()
+    rows = {line.split(" | ")[0].strip("| "): line for line in text.splitlines() if line.startswith("| ")}
+    assert "| figure | vanilla (3 seeds) | meta (3 seeds) | meta − vanilla |" in text
+    # paired by seed: differences -0.1, -0.05, -0.2 -> mean -0.11667, sd 0.076376, half 4.303 * sd / sqrt(3) = 0.18974
+    assert rows["val loss at equal steps (100)"].endswith(
+        "| 5.1 ± 0.1 | 4.983 ± 0.076 | -0.1167 [-0.306, +0.0731] not significant |")
+    # +0.10, +0.11, +0.12 -> mean 0.11, sd 0.01, half 0.024843: the interval excludes 0
+    acc = rows["val episodes acc after the inner loop"]
+    assert acc.endswith("| +0.11 [+0.0852, +0.135] |") and "not significant" not in acc
+    assert "meta − vanilla, val episodes acc after the inner loop: +0.11, 95% CI [+0.0852, +0.135]: significant" in text
+    assert "held-out held bpb" in rows and "val loss at equal FLOPs (1e+12)" in rows
+
+
+def test_one_seed_per_arm_says_no_interval(tmp_path):
+    a = write_seed_run(tmp_path / "vanilla", 1, 5.0, 0.5)
+    b = write_seed_run(tmp_path / "meta", 1, 4.9, 0.6, meta=True)
+    out = tmp_path / "report.md"
+    compare.main(["--arm", f"vanilla={a}", "--arm", f"meta={b}", "--targets", "6.0", "--out", str(out)])
+    assert "-0.1 (1 seed: no interval)" in out.read_text()
+    with pytest.raises(SystemExit, match="NAME=DIR"):
+        compare.main(["--arm", str(a), "--out", str(out)])
