@@ -76,11 +76,23 @@ class Tokenizer:
         out, run = [], []
         for i in map(int, ids):
             if i in named:
-                out.append(self.enc.decode(run) + named[i])
+                out.append(self._text(run) + named[i])
                 run = []
             else:
                 run.append(i if self.old_of_new is None else int(self.old_of_new[i]))
-        return "".join(out) + self.enc.decode(run)
+        return "".join(out) + self._text(run)
+
+    def _text(self, run):
+        try:
+            return self.enc.decode(run)
+        except KeyError:  # ids cl100k leaves unassigned (100256, 100261-100275...): a sample may hold them
+            parts = []
+            for t in run:
+                try:
+                    parts.append(self.enc.decode_bytes([t]))
+                except KeyError:
+                    parts.append(b"<?>")
+            return b"".join(parts).decode("utf-8", errors="replace")
 
 
 def fingerprint(meta):
@@ -201,6 +213,22 @@ def read_documents(path, text_field="text"):
             if not isinstance(obj, dict) or not isinstance(obj.get(text_field), str):
                 raise DataError(f"{path}:{n}: no string field {text_field!r} (use --text-field to name it)")
             yield obj[text_field]
+
+
+def held_out_text(path, tok, text_field="text"):
+    """A held-out text file (.txt or .jsonl, read as prepare reads them) as one stream of the run's
+    token ids, documents joined by end-of-text, and the UTF-8 bytes each token stands for (from
+    its cl100k id, so an id the trimmed vocabulary maps to <unk> still counts its bytes; 0 for
+    end-of-text). For train.py --eval-text."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"--eval-text {path}: no such file")
+    ids, nbytes = [], []
+    for doc in read_documents(path, text_field):
+        old = tok.enc.encode_ordinary(doc)
+        ids += [*(old if tok.old_of_new is None else tok.new_of_old[old].tolist()), tok.eot]
+        nbytes += [*(len(tok.enc.decode_single_token_bytes(t)) for t in old), 0]
+    return np.array(ids, dtype=np.int64), np.array(nbytes, dtype=np.int64)
 
 
 def sha256(path):

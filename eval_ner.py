@@ -4,11 +4,17 @@ Universal NER probe (Mayhew et al. 2024, UNER v1) of a pretrained checkpoint.
     python eval_ner.py --ckpt out/vanilla/ckpt.pt --uner-dir ../shared/data/uner --train da_ddt --mode head
     python eval_ner.py --ckpt out/meta/ckpt.pt --download --train en_ewt --mode full --out r.json
 
-Protocol: words are tokenized with the checkpoint's own tokenizer; a word's label sits on its first
-sub-token and the other sub-tokens are ignored; sentences are cut at --max-len tokens; labels are
-BIO over PER/ORG/LOC. A linear head reads the final hidden states. --mode head freezes the backbone
-(features computed once); --mode full fine-tunes everything. Every dataset with a test file is
-scored with conlleval's entity-level micro P/R/F1 (implemented below).
+    python eval_ner.py --ckpt out/run/ckpt_step*.pt ... --word-feature last --out r.json   # a trajectory
+
+Protocol: words are tokenized with the checkpoint's own tokenizer; sentences are cut at --max-len
+tokens; labels are BIO over PER/ORG/LOC. A linear head reads a word's final hidden state: by
+default at its first sub-token, the paper's protocol (--word-feature first). In a causal model
+that state has seen neither the rest of the word nor anything after it; --word-feature last
+reads the last sub-token, which has seen the whole word, and mean averages them. --mode head
+freezes the backbone (features computed once); --mode full fine-tunes everything. The head's
+learning rate is chosen on the dev sets from --head-lr (a comma-separated grid). Every dataset
+with a test file is scored with conlleval's entity-level micro P/R/F1 (implemented below).
+Several --ckpt give one result each (--out r.json -> r_<checkpoint>.json).
 """
 import argparse
 import copy
@@ -122,38 +128,36 @@ def download_uner(cache):
 
 
 def align(words, tags, tok, max_len):
-    """Token ids and per-token label ids (-100 = ignored) for one sentence; a word's label goes on
-    its first sub-token. Also returns how many words fit in max_len tokens."""
-    ids, labels, kept = [], [], 0
+    """Token ids of one sentence, each kept word's (first, end) token span, and its label id.
+    Words that do not fit in max_len tokens are dropped (a cut word keeps its first tokens)."""
+    ids, spans, labels = [], [], []
     for i, (w, t) in enumerate(zip(words, tags)):
         piece = [int(x) for x in tok.encode(w if i == 0 else " " + w)] or [tok.unk if tok.unk is not None else tok.eot]
         if len(ids) + 1 > max_len:
             break
         piece = piece[: max_len - len(ids)]
+        spans.append((len(ids), len(ids) + len(piece)))
         ids += piece
-        labels += [LABEL_ID[t]] + [-100] * (len(piece) - 1)
-        kept += 1
-    return ids, labels, kept
+        labels.append(LABEL_ID[t])
+    return ids, spans, labels
 
 
 def encode_set(sents, tok, max_len):
-    return [dict(zip(("ids", "labels", "kept"), align(w, t, tok, max_len)), words=w, tags=t) for w, t in sents]
+    return [dict(zip(("ids", "spans", "labels"), align(w, t, tok, max_len)), words=w, tags=t) for w, t in sents]
 
 
 def batches(items, size, pad_id, device, order=None):
-    """Right-padded (B, T) ids and labels. A causal model never lets padding on the right change
-    the hidden states of the real tokens before it."""
+    """Right-padded (B, T) ids. A causal model never lets padding on the right change the hidden
+    states of the real tokens before it."""
     order = range(len(items)) if order is None else order
     order = list(order)
     for s in range(0, len(order), size):
         chunk = [items[i] for i in order[s : s + size]]
         T = max(len(x["ids"]) for x in chunk)
         ids = torch.full((len(chunk), T), pad_id, dtype=torch.long)
-        labels = torch.full((len(chunk), T), -100, dtype=torch.long)
         for r, x in enumerate(chunk):
             ids[r, : len(x["ids"])] = torch.tensor(x["ids"])
-            labels[r, : len(x["labels"])] = torch.tensor(x["labels"])
-        yield ids.to(device), labels.to(device), chunk
+        yield ids.to(device), chunk
 
 
 # ----------------------------------------------------------------------------- scoring (conlleval)
@@ -191,46 +195,51 @@ def score(gold, pred):
 
 # ----------------------------------------------------------------------------- probe
 
-def first_token_states(model, ids, labels):
-    """Final hidden states at each kept word's first sub-token: (n_words, d), and their labels."""
-    h = model(ids, hidden=True)  # (B, T, d)
-    keep = labels != -100
-    return h[keep].float(), labels[keep]
+def word_states(model, ids, chunk, feature):
+    """(n_words, d): each kept word's final hidden state at its first sub-token, at its last, or
+    their mean (--word-feature), for the sentences of one batch, in order."""
+    h = model(ids, hidden=True).float()  # (B, T, d)
+    r = torch.tensor([i for i, x in enumerate(chunk) for _ in x["spans"]], device=ids.device)
+    s, e = (torch.tensor([sp[k] for x in chunk for sp in x["spans"]], device=ids.device) for k in (0, 1))
+    if feature == "first":
+        return h[r, s]
+    if feature == "last":
+        return h[r, e - 1]
+    cs = F.pad(h.cumsum(1), (0, 0, 1, 0))  # (B, T+1, d): cs[:, t] = sum of the first t states
+    return (cs[r, e] - cs[r, s]) / (e - s).unsqueeze(1)
 
 
-def sentence_features(model, items, pad_id, device, desc):
+def sentence_features(model, items, pad_id, device, desc, feature):
     """Per sentence, the (kept words, d) features of a frozen model, in the order of items."""
     model.eval()
     out = []
     with torch.no_grad():
-        for ids, labels, chunk in tqdm(batches(items, 64, pad_id, device), desc=desc, leave=False, disable=None,
-                                       total=-(-len(items) // 64)):
-            f, _ = first_token_states(model, ids, labels)
-            out += list(f.split([x["kept"] for x in chunk]))
+        for ids, chunk in tqdm(batches(items, 64, pad_id, device), desc=desc, leave=False, disable=None,
+                               total=-(-len(items) // 64)):
+            out += list(word_states(model, ids, chunk, feature).split([len(x["spans"]) for x in chunk]))
     return out
 
 
 def predict(head, feats, items):
     """Per-word tags for each sentence; words cut off by --max-len are predicted O."""
     with torch.no_grad():
-        return [[LABELS[i] for i in head(f).argmax(-1).tolist()] + ["O"] * (len(x["words"]) - x["kept"])
+        return [[LABELS[i] for i in head(f).argmax(-1).tolist()] + ["O"] * (len(x["words"]) - len(x["spans"]))
                 for f, x in zip(feats, items)]
 
 
-def probe(model, train_items, dev_items, a, pad_id, device):
-    """Train the linear head (and in full mode the backbone); keep the epoch that is best on dev
-    (or the last epoch when there is no dev set)."""
+def probe(model, train_items, dev_items, a, pad_id, device, head_lr, feats=None):
+    """Train the linear head (and in full mode the backbone) at one head learning rate; keep the
+    epoch that is best on dev (or the last epoch when there is no dev set). feats: the frozen
+    model's (train, dev) features in head mode. Returns the head and its best dev F1."""
     g = torch.Generator().manual_seed(a.seed)
     torch.manual_seed(a.seed)
     head = torch.nn.Linear(model.args.d_model, len(LABELS)).to(device)
-    groups = [{"params": head.parameters(), "lr": a.head_lr}]
+    groups = [{"params": head.parameters(), "lr": head_lr}]
     if a.mode == "full":
         groups.append({"params": model.parameters(), "lr": a.lr})
     else:
-        model.requires_grad_(False)
-        train_feats = sentence_features(model, train_items, pad_id, device, "features (train)")
-        train_labels = [torch.tensor([l for l in x["labels"] if l != -100], device=device) for x in train_items]
-        dev_feats = sentence_features(model, dev_items, pad_id, device, "features (dev)")
+        train_feats, dev_feats = feats
+    train_labels = [torch.tensor(x["labels"], device=device) for x in train_items]
     opt = torch.optim.AdamW(groups, weight_decay=0.01)
     best, best_state = -1.0, copy.deepcopy((head.state_dict(), None))  # with --epochs 0: the untrained head
     for epoch in range(a.epochs):
@@ -241,20 +250,20 @@ def probe(model, train_items, dev_items, a, pad_id, device):
             idx = order[s : s + a.batch_size]
             if a.mode == "head":
                 f = torch.cat([train_feats[i] for i in idx])  # (n_words, d)
-                y = torch.cat([train_labels[i] for i in idx])
             else:
                 model.train()
-                ids, labels, _ = next(batches(train_items, len(idx), pad_id, device, idx))
-                f, y = first_token_states(model, ids, labels)
-            loss = F.cross_entropy(head(f), y)
+                ids, chunk = next(batches(train_items, len(idx), pad_id, device, idx))
+                f = word_states(model, ids, chunk, a.word_feature)
+            loss = F.cross_entropy(head(f), torch.cat([train_labels[i] for i in idx]))
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
             losses.append(loss.item())
-        msg = f"epoch {epoch + 1}/{a.epochs}: train loss {np.mean(losses):.4f}"
+        msg = f"head lr {head_lr:g}, epoch {epoch + 1}/{a.epochs}: train loss {np.mean(losses):.4f}"
         if dev_items:
-            feats = dev_feats if a.mode == "head" else sentence_features(model, dev_items, pad_id, device, "dev")
-            dev_f1 = score([x["tags"] for x in dev_items], predict(head, feats, dev_items))["f1"]
+            feats_d = dev_feats if a.mode == "head" else sentence_features(model, dev_items, pad_id, device, "dev",
+                                                                           a.word_feature)
+            dev_f1 = score([x["tags"] for x in dev_items], predict(head, feats_d, dev_items))["f1"]
             msg += f", dev F1 {dev_f1:.4f}"
         tqdm.write(msg)
         if not dev_items or dev_f1 > best:
@@ -263,7 +272,31 @@ def probe(model, train_items, dev_items, a, pad_id, device):
     head.load_state_dict(best_state[0])
     if best_state[1] is not None:
         model.load_state_dict(best_state[1])
-    return head
+    return head, best
+
+
+def select_head_lr(model, train_items, dev_items, a, pad_id, device):
+    """Probe at every --head-lr and keep the one with the best dev F1 (the first, without a dev
+    set). Returns the head and {"chosen": lr, "dev_f1": {lr: F1}}."""
+    grid = [float(x) for x in a.head_lr.split(",")]
+    feats = None
+    if a.mode == "head":
+        model.requires_grad_(False)
+        feats = tuple(sentence_features(model, items, pad_id, device, f"features ({n})", a.word_feature)
+                      for n, items in (("train", train_items), ("dev", dev_items)))
+    start = copy.deepcopy(model.state_dict()) if a.mode == "full" and len(grid) > 1 else None
+    tried = {}
+    for lr in grid if dev_items else grid[:1]:
+        if start is not None:
+            model.load_state_dict(start)  # every lr fine-tunes the checkpoint, not the previous lr's model
+        head, f1 = probe(model, train_items, dev_items, a, pad_id, device, lr, feats)
+        tried[lr] = (f1, head.state_dict(), copy.deepcopy(model.state_dict()) if start is not None else None)
+    chosen = max(tried, key=lambda lr: tried[lr][0])
+    head.load_state_dict(tried[chosen][1])
+    if start is not None:
+        model.load_state_dict(tried[chosen][2])
+    print(f"head lr {chosen:g} chosen on dev" if dev_items else f"no dev set: head lr {chosen:g}, the first of --head-lr")
+    return head, {"chosen": chosen, "dev_f1": {f"{lr:g}": t[0] for lr, t in tried.items()}}
 
 
 def load_checkpoint(path, device):
@@ -281,7 +314,7 @@ def load_checkpoint(path, device):
 def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 allow_abbrev=False)
-    p.add_argument("--ckpt", required=True, help="a train.py checkpoint (OUT/ckpt.pt)")
+    p.add_argument("--ckpt", required=True, nargs="+", help="train.py checkpoint(s) (OUT/ckpt.pt, OUT/ckpt_step*.pt)")
     p.add_argument("--uner-dir", help="local UNER copy laid out as DIR/<code>/{train,dev,test}.iob2")
     p.add_argument("--download", action="store_true", help="fetch UNER v1 from GitHub into --cache-dir")
     p.add_argument("--cache-dir", default=str(datalib.CACHE_DIR / "uner"), help="where --download puts the files")
@@ -290,13 +323,22 @@ def parse(argv=None):
     p.add_argument("--epochs", type=int, default=10, help="passes over the training sentences (the paper's 10)")
     p.add_argument("--batch-size", type=int, default=16, help="sentences per step")
     p.add_argument("--lr", type=float, default=3e-5, help="backbone learning rate (--mode full; the paper's)")
-    p.add_argument("--head-lr", type=float, default=1e-3, help="learning rate of the new linear head")
+    p.add_argument("--head-lr", default="1e-3,3e-3,1e-2",
+                   help="learning rate(s) of the new linear head, comma-separated: the best on dev is kept")
+    p.add_argument("--word-feature", default="first", choices=["first", "last", "mean"],
+                   help="the state that represents a word: its first sub-token (the paper's), its last, or the mean")
     p.add_argument("--max-len", type=int, default=128, help="tokens per sentence; longer ones are cut")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: cuda when available")
     p.add_argument("--seed", type=int, default=0, help="seeds the head's init and the sentence order")
     p.add_argument("--out", help="write the results as JSON here")
     p.add_argument("--pred-dir", help="write DIR/<code>.conll (token gold predicted) per test set")
-    return p.parse_args(argv)
+    a = p.parse_args(argv)
+    try:
+        if any(float(x) <= 0 for x in a.head_lr.split(",")):
+            raise ValueError
+    except ValueError:
+        p.error(f"--head-lr {a.head_lr!r}: give positive numbers, comma-separated (e.g. 1e-3,3e-3)")
+    return a
 
 
 def main(argv=None):
@@ -316,7 +358,18 @@ def run(a):
     for c in codes:
         if c not in trainable:
             raise NERError(f"--train {c}: no train file for it; choose from {', '.join(trainable)}")
-    model, tok = load_checkpoint(a.ckpt, device)
+    out = []
+    for ckpt in a.ckpt:
+        dest = None
+        if a.out:
+            dest = Path(a.out) if len(a.ckpt) == 1 else Path(a.out).with_name(
+                f"{Path(a.out).stem}_{Path(ckpt).parent.name}_{Path(ckpt).stem}{Path(a.out).suffix}")
+        out.append(probe_checkpoint(ckpt, sets, codes, a, device, dest))
+    return out[0] if len(out) == 1 else out
+
+
+def probe_checkpoint(ckpt, sets, codes, a, device, dest):
+    model, tok = load_checkpoint(ckpt, device)
     pad = tok.eot
     enc = lambda path: encode_set(read_iob2(path), tok, a.max_len)
     train_items = [x for c in codes for x in enc(sets[c]["train"])]
@@ -324,14 +377,15 @@ def run(a):
     for c in codes:
         if "draft" in sets[c]["train"].name:
             print(f"note: {c} trains on {sets[c]['train'].name}, a draft, not the released train file")
-    print(f"{a.mode} probe of {a.ckpt} on {'+'.join(codes)}: {len(train_items):,} train / {len(dev_items):,} dev sentences")
-    head = probe(model, train_items, dev_items, a, pad, device)
+    print(f"{a.mode} probe of {ckpt} on {'+'.join(codes)} ({a.word_feature} sub-token): "
+          f"{len(train_items):,} train / {len(dev_items):,} dev sentences")
+    head, lr = select_head_lr(model, train_items, dev_items, a, pad, device)
 
     results = {}
     tests = {c: s["test"] for c, s in sets.items() if "test" in s}
     for c, path in tqdm(tests.items(), desc="test sets", disable=None):
         items = enc(path)
-        preds = predict(head, sentence_features(model, items, pad, device, c), items)
+        preds = predict(head, sentence_features(model, items, pad, device, c, a.word_feature), items)
         results[c] = score([x["tags"] for x in items], preds)
         if a.pred_dir:
             Path(a.pred_dir).mkdir(parents=True, exist_ok=True)
@@ -344,9 +398,11 @@ def run(a):
     for c, r in results.items():
         print(f"{c:<14}{100 * r['precision']:8.2f}{100 * r['recall']:8.2f}{100 * r['f1']:8.2f}{r['n_gold']:>10,}")
     print(f"{'average F1':<30}{100 * avg:8.2f}")
-    if a.out:
-        Path(a.out).write_text(json.dumps({"ckpt": str(a.ckpt), "mode": a.mode, "train": codes,
-                                           "results": results, "avg_f1": avg}, indent=2))
+    if dest:
+        dest.write_text(json.dumps({"ckpt": str(ckpt), "mode": a.mode, "train": codes, "word_feature": a.word_feature,
+                                    "head_lr": lr["chosen"], "head_lr_dev_f1": lr["dev_f1"],
+                                    "results": results, "avg_f1": avg}, indent=2))
+        print(f"wrote {dest}")
     return results, avg
 
 

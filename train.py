@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
+import torch.nn.functional as F
 from tqdm import tqdm
 
 import checkpoint
@@ -36,7 +37,7 @@ import ddp
 import dynamics
 import episodes as eplib
 import meta as metalib
-from model import PRESETS, ModelArgs, Transformer, count_params, flops_per_token, peak_flops, preset
+from model import PRESETS, ModelArgs, Transformer, count_params, flops_per_token, generate, peak_flops, preset
 
 STREAM_LM, STREAM_VAL, STREAM_COIN, STREAM_PROBE = 0, 1, 2, 4  # (episodes.py uses 3 and 5)
 VAL_SEED = 1234  # val batches are the same for every run, whatever its --seed
@@ -69,6 +70,15 @@ def get_args(argv=None):
     g.add_argument("--eval-every", type=int, default=500, help="val loss, log.jsonl line and checkpoint")
     g.add_argument("--eval-batches", type=int, default=20, help="fixed val batches per eval")
     g.add_argument("--eval-episodes", type=int, default=16, help="fixed val episodes per eval (vanilla too)")
+    g.add_argument("--eval-text", action="append", default=[], metavar="FILE",
+                   help="held-out text (.txt or .jsonl; repeatable): loss and bits per byte on up to --eval-batches "
+                        "x --batch-size fixed windows at every eval")
+    g.add_argument("--sample-prompt", default="The history of the", help="a continuation of it is printed and logged "
+                                                                         "at every eval")
+    g.add_argument("--sample-tokens", type=int, default=32, help="tokens sampled per eval (temperature 0.8, top-k 50, "
+                                                                 "seeded; 0 = no sample)")
+    g.add_argument("--save-every", type=int, default=0,
+                   help="also keep ckpt_step{N}.pt every this many steps (an eval runs there too); 0 = only ckpt.pt")
     g.add_argument("--log-every", type=int, default=10, help="one printed line per this many steps")
     g.add_argument("--dynamics-every", type=int, default=None,
                    help="effective rank / head entropy cadence (default: every eval; 0 = off)")
@@ -109,6 +119,57 @@ def get_batch(tokens, B, T, seed, stream, pos, device, micro=0, n_micro=1):
     xy = torch.from_numpy(np.stack([tokens[s : s + T + 1].astype(np.int64) for s in starts]))  # (B, T+1)
     xy = xy.to(device, non_blocking=True)
     return xy[:, :-1], xy[:, 1:]  # (B, T) each
+
+
+def load_texts(a, tok):
+    """{name: (ids, bytes per token)} of the --eval-text files, named by file name without extension."""
+    texts = {}
+    for f in a.eval_text:
+        name = Path(f).name.split(".")[0]
+        if name in texts:
+            sys.exit(f"train.py: error: --eval-text {f}: another file is also named {name!r}; rename one")
+        try:
+            texts[name] = datalib.held_out_text(f, tok, tok.meta.get("text_field") or "text")
+        except datalib.DataError as e:
+            sys.exit(f"train.py: error: {e}")
+        if len(texts[name][0]) <= a.block_size:
+            sys.exit(f"train.py: error: --eval-text {f} has {len(texts[name][0])} tokens; it needs more than "
+                     f"--block-size ({a.block_size})")
+    return texts
+
+
+@torch.no_grad()
+def text_loss(model, text, unk_id, a, device, ctx):
+    """Next-token loss on the first --eval-batches x --batch-size windows of a held-out text (block_size
+    + 1 tokens each, stride block_size), and the same in bits per UTF-8 byte of the tokens scored:
+    comparable across vocabularies, unlike a loss per token. unk_frac: the share of scored tokens
+    a trimmed vocabulary maps to <unk> (an easier target than the word it stands for)."""
+    ids, nbytes = text
+    T = a.block_size
+    starts = np.arange(0, len(ids) - T, T)[: a.eval_batches * a.batch_size]
+    nats = unk = 0.0
+    model.eval()
+    for i in range(0, len(starts), a.batch_size):
+        xy = torch.from_numpy(np.stack([ids[s : s + T + 1] for s in starts[i : i + a.batch_size]])).to(device)  # (B, T+1)
+        with ctx:
+            logits = model(xy[:, :-1])[0]  # (B, T, V)
+        nats += F.cross_entropy(logits.float().flatten(0, 1), xy[:, 1:].flatten(), reduction="sum").item()
+        unk += (xy[:, 1:] == unk_id).sum().item() if unk_id is not None else 0
+    model.train()
+    n = len(starts) * T
+    scored = sum(int(nbytes[s + 1 : s + T + 1].sum()) for s in starts)
+    return {"loss": nats / n, "bpb": nats / math.log(2) / scored, "unk_frac": unk / n}
+
+
+def sample(model, tok, a, device, vocab_size):
+    """A seeded continuation of --sample-prompt: the same draws at every eval, so a reader sees
+    the model change, not the dice."""
+    prompt = torch.tensor([tok.encode(a.sample_prompt).tolist() or [tok.eot]], device=device)  # (1, P)
+    gen = torch.Generator(device=device).manual_seed(a.seed)
+    model.eval()
+    out = generate(model, prompt, a.sample_tokens, generator=gen, vocab_size=vocab_size)
+    model.train()
+    return tok.decode(out[0, prompt.size(1):].tolist())
 
 
 @torch.no_grad()
@@ -294,7 +355,7 @@ def train(a, rank, world, device):
     log_path = out / "log.jsonl"
     dyn_every = 0 if a.dynamics_every == 0 else (a.dynamics_every or a.eval_every)
 
-    def start_outputs():  # rank 0: run.json, a fresh log, the dynamics recorder
+    def start_outputs():  # rank 0: run.json, fresh logs, the dynamics recorder, the held-out texts
         out.mkdir(parents=True, exist_ok=True)
         (out / "run.json").write_text(json.dumps({  # what compare.py needs without loading a checkpoint
             "config": {k: v for k, v in vars(a).items() if k != "given"}, "data_meta": dmeta, "world_size": world,
@@ -302,12 +363,14 @@ def train(a, rank, world, device):
         for p in (log_path, out / "dynamics.jsonl"):
             if not a.resume and p.exists():
                 p.unlink()  # a fresh run starts fresh logs
+        recorder = None
         if dyn_every:  # one fixed val batch, drawn once and then carried in the checkpoint
             probe = (ckpt or {}).get("dynamics_probe") or get_batch(
                 val_tok, min(4, a.batch_size), a.block_size, a.seed, STREAM_PROBE, 0, "cpu")
-            return dynamics.Recorder(tuple(t.to(device) for t in probe), out / "dynamics.jsonl", ctx)
+            recorder = dynamics.Recorder(tuple(t.to(device) for t in probe), out / "dynamics.jsonl", ctx)
+        return recorder, load_texts(a, episodes.tok)
 
-    dyn = ddp.agree(start_outputs, rank, world, "rank0")
+    dyn, texts = ddp.agree(start_outputs, rank, world, "rank0") or (None, {})
     win = {"lm_ms": [], "meta_ms": [], "lm_loss": [], "sup_acc": [], "qry_acc": [], "meta_loss": []}
 
     def diverged(what, value, step):
@@ -330,18 +393,28 @@ def train(a, rank, world, device):
         row |= metalib.evaluate(model, head, episodes.val, a, device, ctx, inner)  # fixed val episodes, before / after
         if inner:
             row["inner_lrs"] = metalib.inner_lrs_now(inner)
+        if texts:
+            row["eval_text"] = {n: text_loss(lm_model, t, episodes.tok.unk, a, device, ctx) for n, t in texts.items()}
+        if a.sample_tokens:
+            row["sample"] = sample(model, episodes.tok, a, device, dmeta["vocab_size"])
         with open(log_path, "a") as f:  # the row before the checkpoint: on resume, rows past it are cut
             f.write(json.dumps(row) + "\n")
         tqdm.write(f"eval step {row['step']}: val loss {row['val_loss']:.4f} (ppl {math.exp(row['val_loss']):.1f}), "
-                   f"val episodes acc {row['episode_acc_before']:.3f} -> {row['episode_acc_after']:.3f}")
-        checkpoint.save(out / "ckpt.pt", {
+                   f"val episodes acc {row['episode_acc_before']:.3f} -> {row['episode_acc_after']:.3f}"
+                   + "".join(f", {n} {v['bpb']:.3f} bits/byte" for n, v in row.get("eval_text", {}).items()))
+        if "sample" in row:
+            tqdm.write(f"sample: {a.sample_prompt + row['sample']!r}")
+        ck = {
             "model": model.state_dict(), "meta_head": head.state_dict(), "inner_lrs": inner.state_dict(),
             "optimizer": opt.state_dict(),
             "model_args": vars(margs),
             "step": state["step"], "state": dict(state), "rng": checkpoint.rng_state(), "data_meta": dmeta,
             "config": {k: v for k, v in vars(a).items() if k != "given"},
             "vocab_map": None if episodes.tok.old_of_new is None else torch.from_numpy(episodes.tok.old_of_new),
-            "dynamics_probe": tuple(t.cpu() for t in dyn.probe) if dyn else None})
+            "dynamics_probe": tuple(t.cpu() for t in dyn.probe) if dyn else None}
+        checkpoint.save(out / "ckpt.pt", ck)
+        if a.save_every and state["step"] % a.save_every == 0:  # a trajectory for eval_ner.py and the dynamics
+            datalib.write_atomic(out / f"ckpt_step{state['step']}.pt", lambda f: torch.save(ck, f))
         for v in win.values():
             v.clear()
 
@@ -389,7 +462,8 @@ def train(a, rank, world, device):
             tqdm.write(msg)
         bar.set_postfix(loss=f"{loss:.3f}", kind=kind)
         measure = dyn_every and state["step"] % dyn_every == 0
-        ev = state["step"] % a.eval_every == 0 or state["step"] == a.max_steps
+        ev = state["step"] % a.eval_every == 0 or state["step"] == a.max_steps or (
+            a.save_every and state["step"] % a.save_every == 0)
         if measure or ev:  # the other ranks wait, and leave with rank 0's error if it has one
             ddp.agree(lambda: rank0_work(measure, ev), rank, world, "rank0")
     bar.close()

@@ -3,6 +3,7 @@ import json
 import random
 
 import pytest
+import torch
 
 import data
 import eval_ner as ner
@@ -55,18 +56,33 @@ def test_reader_names_file_and_line_of_a_malformed_line(tmp_path, line, err):
         ner.read_iob2(p)
 
 
-def test_label_goes_on_the_first_subtoken(tmp_path):
+def test_align_gives_each_kept_word_its_token_span_and_label():
     meta = {"eot_id": 100257, "mask_id": 100277, "unk_id": None, "vocab_map": None}
     tok = data.Tokenizer(meta)
     words, tags = ["Kjeld", "Christensen", "visited", "Copenhagen"], ["B-PER", "I-PER", "O", "B-LOC"]
-    ids, labels, kept = ner.align(words, tags, tok, max_len=128)
+    ids, spans_, labels = ner.align(words, tags, tok, max_len=128)
     pieces = [len(tok.encode(w if i == 0 else " " + w)) for i, w in enumerate(words)]
-    assert max(pieces) > 1 and len(ids) == len(labels) == sum(pieces) and kept == 4
+    assert max(pieces) > 1 and len(ids) == sum(pieces)
     starts = [sum(pieces[:i]) for i in range(4)]
-    assert [labels[s] for s in starts] == [1, 2, 0, 5]
-    assert all(l == -100 for i, l in enumerate(labels) if i not in starts)
-    ids, labels, kept = ner.align(words, tags, tok, max_len=pieces[0] + 1)  # truncation
-    assert len(ids) == pieces[0] + 1 and kept == 2
+    assert spans_ == [(s, s + p) for s, p in zip(starts, pieces)] and labels == [1, 2, 0, 5]
+    ids, spans_, labels = ner.align(words, tags, tok, max_len=pieces[0] + 1)  # truncation: a cut word keeps its start
+    assert len(ids) == pieces[0] + 1 and spans_ == [(0, pieces[0]), (pieces[0], pieces[0] + 1)] and labels == [1, 2]
+
+
+class PositionModel(torch.nn.Module):
+    """A stand-in decoder whose hidden state at position t is (t, 10 * row)."""
+    args = None
+
+    def forward(self, ids, hidden=True):
+        B, T = ids.shape
+        return torch.stack([torch.arange(T).float().expand(B, T), 10 * torch.arange(B).float()[:, None].expand(B, T)], -1)
+
+
+@pytest.mark.parametrize("feature,expect", [("first", [0, 1, 4, 0]), ("last", [0, 3, 5, 2]), ("mean", [0, 2, 4.5, 1])])
+def test_word_feature_reads_the_first_the_last_or_the_mean_sub_token(feature, expect):
+    chunk = [{"spans": [(0, 1), (1, 4), (4, 6)]}, {"spans": [(0, 3)]}]  # words of 1, 3, 2 tokens; then one of 3
+    f = ner.word_states(PositionModel(), torch.zeros(2, 6, dtype=torch.long), chunk, feature)
+    assert f[:, 0].tolist() == expect and f[:, 1].tolist() == [0, 0, 0, 10]  # the right sentence too
 
 
 def write_uner(root, seed):
@@ -99,9 +115,11 @@ def test_head_probe_learns_the_toy_set_and_writes_its_outputs(ckpt, tmp_path):
     write_uner(tmp_path / "uner", 0)
     base = ["--ckpt", str(ckpt), "--uner-dir", str(tmp_path / "uner"), "--train", "toy", "--device", "cpu"]
     untrained = ner.run(ner.parse(base + ["--epochs", "0"]))[0]["toy"]["f1"]  # a random head
-    ner.main(base + ["--epochs", "5", "--head-lr", "1e-2", "--out", str(tmp_path / "r.json"), "--pred-dir", str(tmp_path / "pred")])
+    ner.main(base + ["--epochs", "5", "--head-lr", "1e-4,1e-2", "--out", str(tmp_path / "r.json"), "--pred-dir", str(tmp_path / "pred")])
     r = json.loads((tmp_path / "r.json").read_text())
-    assert set(r) == {"ckpt", "mode", "train", "results", "avg_f1"} and r["train"] == ["toy"]
+    assert set(r) == {"ckpt", "mode", "train", "word_feature", "head_lr", "head_lr_dev_f1", "results", "avg_f1"}
+    assert r["train"] == ["toy"] and r["word_feature"] == "first"
+    assert r["head_lr"] == 1e-2 and r["head_lr_dev_f1"]["0.01"] > r["head_lr_dev_f1"]["0.0001"]  # chosen on dev
     assert set(r["results"]) == {"toy", "testonly"}  # test-only sets are evaluated too
     toy = r["results"]["toy"]
     assert {"precision", "recall", "f1", "n_gold", "n_pred", "per_type"} <= set(toy) and toy["n_gold"] == 80
@@ -118,9 +136,9 @@ def test_full_mode_fine_tunes_the_backbone(ckpt, tmp_path):
     a = ner.parse(["--ckpt", str(ckpt), "--uner-dir", str(tmp_path / "uner"), "--train", "toy", "--device", "cpu",
                    "--mode", "full", "--epochs", "1", "--lr", "1e-3"])
     before = torch.load(ckpt, weights_only=False)["model"]
-    model, tok = ner.load_checkpoint(a.ckpt, "cpu")
+    model, tok = ner.load_checkpoint(a.ckpt[0], "cpu")
     items = ner.encode_set(ner.read_iob2(tmp_path / "uner" / "toy" / "train.iob2"), tok, 128)
-    ner.probe(model, items, [], a, tok.eot, "cpu")
+    ner.probe(model, items, [], a, tok.eot, "cpu", 1e-3)
     assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
@@ -133,3 +151,18 @@ def test_user_errors_are_one_line(ckpt, tmp_path):
     for argv, err in cases:
         with pytest.raises(SystemExit, match=err):
             ner.main(argv + ["--device", "cpu"])
+
+
+def test_several_checkpoints_of_a_trajectory_give_one_result_each(data_dir, tmp_path):
+    run_train(data_dir, tmp_path / "run", "--max-steps", 4, "--eval-every", 4, "--save-every", 2, "--dynamics-every", 0)
+    saved = sorted(p.name for p in (tmp_path / "run").glob("ckpt_step*.pt"))
+    assert saved == ["ckpt_step0.pt", "ckpt_step2.pt", "ckpt_step4.pt"]  # the init too: a probe's baseline
+    assert torch.load(tmp_path / "run" / "ckpt_step2.pt", weights_only=True)["step"] == 2
+    saved = saved[1:]
+    write_uner(tmp_path / "uner", 3)
+    ner.main(["--ckpt", *(str(tmp_path / "run" / n) for n in saved), "--uner-dir", str(tmp_path / "uner"),
+              "--train", "toy", "--device", "cpu", "--epochs", "1", "--head-lr", "1e-2", "--word-feature", "last",
+              "--out", str(tmp_path / "r.json")])
+    for n in saved:
+        r = json.loads((tmp_path / f"r_run_{n[:-3]}.json").read_text())
+        assert r["ckpt"].endswith(n) and r["word_feature"] == "last"

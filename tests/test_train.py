@@ -90,3 +90,46 @@ def test_resume_refuses_data_prepared_with_another_vocabulary(data_dir, corpus_t
 def test_flags_given_again_are_named_by_their_dest():
     a = train.get_args(["--no-proto-grad", "--max-steps=9", "--meta"])
     assert a.given == {"proto_grad", "max_steps", "meta"} and a.proto_grad is False
+
+
+def test_eval_text_logs_loss_bits_per_byte_and_unknown_share(data_dir, tmp_path):
+    import math
+
+    import data as datalib
+    text = "The cat sat on the mat near Paris. " * 60  # ASCII: one byte per character
+    (tmp_path / "held.txt").write_text(text)
+    rows = run_train(data_dir, tmp_path / "out", "--max-steps", 0, "--eval-text", tmp_path / "held.txt")
+    got = rows[-1]["eval_text"]["held"]
+    meta = datalib.load_meta(data_dir)
+    tok = datalib.Tokenizer(meta, data_dir)
+    old = tok.enc.encode_ordinary(text)
+    # TINY: block 32, 2 eval batches x 4 rows -> 8 windows at stride 32; the targets are tokens 1..256
+    targets = old[1:257]
+    n_bytes = len(tok.enc.decode_bytes(targets))
+    assert 0 < n_bytes < len(text) and n_bytes == sum(len(tok.enc.decode_single_token_bytes(t)) for t in targets)
+    assert got["bpb"] == pytest.approx(got["loss"] * 256 / math.log(2) / n_bytes, rel=1e-9)
+    unk = sum(int(i) == tok.unk for i in tok.encode(text)[1:257])
+    assert got["unk_frac"] == unk / 256 and 0 < unk < 256  # the 256-id vocabulary lacks some of these words
+    assert isinstance(rows[-1]["sample"], str)
+
+
+def test_eval_text_errors_are_one_line(data_dir, tmp_path):
+    with pytest.raises(SystemExit, match="--eval-text .*no such file"):
+        run_train(data_dir, tmp_path / "a", "--max-steps", 0, "--eval-text", tmp_path / "none.txt")
+    (tmp_path / "short.txt").write_text("Too short.")
+    with pytest.raises(SystemExit, match="--eval-text .*short.txt has .* tokens"):
+        run_train(data_dir, tmp_path / "b", "--max-steps", 0, "--eval-text", tmp_path / "short.txt")
+
+
+def test_generate_is_seeded_and_stays_within_the_block():
+    from model import ModelArgs, Transformer, generate
+    torch.manual_seed(0)
+    m = Transformer(ModelArgs(vocab_size=64, n_layer=2, d_model=24, hidden_dim=48, block_size=8)).eval()
+    prompt = torch.randint(0, 64, (2, 12))  # longer than the block: only the last 8 are seen
+    draw = lambda seed, **kw: generate(m, prompt, 6, generator=torch.Generator().manual_seed(seed), **kw)
+    a, b, c = draw(1), draw(1), draw(2)
+    assert a.shape == (2, 18) and torch.equal(a[:, :12], prompt)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert (draw(3, vocab_size=5)[:, 12:] < 5).all()  # ids above the real vocabulary are never drawn
+    greedy = generate(m, prompt, 1, temperature=1.0, top_k=1)  # top-1: the argmax, whatever the dice
+    assert torch.equal(greedy[:, -1], m(prompt[:, -8:])[0][:, -1].argmax(-1))
