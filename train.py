@@ -348,8 +348,9 @@ def train(a, rank, world, device):
     split = f"{world} processes x {a.grad_accum} micro-batches x " if n_micro > 1 else ""
     print(f"tokens per LM step: {lm_tokens:,} ({split}{a.batch_size} x {a.block_size}), {lm_flops:.3g} FLOPs")
     if a.meta:
-        print(f"meta: {a.hybrid_ratio:.0%} of steps from step {a.meta_start}; {n_micro} x {episodes.describe()}; "
-              f"inner loop {a.inner_steps} SGD steps at lr {a.inner_lr} on {a.inner_params}"
+        print(f"meta ({a.outer}): {a.hybrid_ratio:.0%} of steps from step {a.meta_start}; "
+              f"{f'{n_micro} x ' if n_micro > 1 else ''}{episodes.describe()}; inner loop {a.inner_steps} SGD steps "
+              f"at lr {a.inner_lr} on {a.inner_params}" + (f" (rank {a.inner_rank} deltas)" if a.inner_rank else "")
               + (f", {len(inner)} step sizes learned" if inner else ""))
 
     log_path = out / "log.jsonl"
