@@ -143,6 +143,16 @@ def report(runs, targets, ner):
         ml = next((row["meta_loss"] for row in reversed(r["log"]) if row.get("meta_loss") is not None), None)
         out.append(f"| {r['name']} | {f['step']} | {f['val_loss']:.4f} | {math.exp(f['val_loss']):.1f} | {f['flops']:.3g} "
                    f"| {acc} | {eloss} | {num(ml, '.3f')} | {num(r['dyn'][-1]['er_act'][-1] if r['dyn'] else None, '.1f')} |")
+    texts = sorted({n for r in runs for n in (r["log"][-1].get("eval_text") or {})})
+    if texts:
+        out += ["", "## Held-out text (train.py --eval-text)", "",
+                "Loss in nats per token, bits per UTF-8 byte (comparable across vocabularies where few tokens are "
+                "<unk>), and the share of scored tokens that are <unk>.", "",
+                "| run | " + " | ".join(f"{t} loss / bpb / unk" for t in texts) + " |", "|---" * (len(texts) + 1) + "|"]
+        for r in runs:
+            et = r["log"][-1].get("eval_text") or {}
+            out.append(f"| {r['name']} | " + " | ".join(
+                f"{et[t]['loss']:.4f} / {et[t]['bpb']:.4f} / {et[t]['unk_frac']:.3f}" if t in et else "-" for t in texts) + " |")
     if ner:
         codes = sorted(set().union(*(n["results"] for n in ner)))
         out += ["", "## Universal NER F1 (%)", "", "| test set | " + " | ".join(r["name"] for r in runs) + " | " +

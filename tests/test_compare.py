@@ -118,7 +118,7 @@ def write_seed_run(d, seed, final, acc_after, meta=False):
     d.mkdir(parents=True)
     rows = [{"step": 0, "tokens": 0, "flops": 0, "elapsed_s": 0, "val_loss": 9.0, "episode_acc_after": 0.3},
             {"step": 100, "tokens": 1000, "flops": 1e12, "elapsed_s": 50, "val_loss": final, "episode_acc_after": acc_after,
-             "eval_text": {"held": {"loss": final + 1, "bpb": final / 4}}}]
+             "eval_text": {"held": {"loss": final + 1, "bpb": final / 4, "unk_frac": 0.01}}}]
     (d / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     meta_d = {"encoding": "cl100k_base", "vocab_size": 8192, "sources": [{"path": "x", "sha256": "abc"}]}
     (d / "run.json").write_text(json.dumps({"data_meta": meta_d, "config": {
@@ -153,3 +153,10 @@ def test_one_seed_per_arm_says_no_interval(tmp_path):
     assert "-0.1 (1 seed: no interval)" in out.read_text()
     with pytest.raises(SystemExit, match="NAME=DIR"):
         compare.main(["--arm", str(a), "--out", str(out)])
+
+
+def test_held_out_text_has_its_own_table(tmp_path):
+    a = write_seed_run(tmp_path / "vanilla", 1, 5.0, 0.5)
+    out = tmp_path / "report.md"
+    compare.main([str(a), "--targets", "6.0", "--out", str(out)])
+    assert "| vanilla | 6.0000 / 1.2500 / " in out.read_text()
