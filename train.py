@@ -28,16 +28,16 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-import torch.nn.functional as F
 from tqdm import tqdm
 
 import checkpoint
 import data as datalib
 import ddp
+import heldout
 import dynamics
 import episodes as eplib
 import meta as metalib
-from model import PRESETS, ModelArgs, Transformer, count_params, flops_per_token, generate, peak_flops, preset
+from model import PRESETS, ModelArgs, Transformer, count_params, flops_per_token, peak_flops, preset
 
 STREAM_LM, STREAM_VAL, STREAM_COIN, STREAM_PROBE = 0, 1, 2, 4  # (episodes.py uses 3 and 5)
 VAL_SEED = 1234  # val batches are the same for every run, whatever its --seed
@@ -119,57 +119,6 @@ def get_batch(tokens, B, T, seed, stream, pos, device, micro=0, n_micro=1):
     xy = torch.from_numpy(np.stack([tokens[s : s + T + 1].astype(np.int64) for s in starts]))  # (B, T+1)
     xy = xy.to(device, non_blocking=True)
     return xy[:, :-1], xy[:, 1:]  # (B, T) each
-
-
-def load_texts(a, tok):
-    """{name: (ids, bytes per token)} of the --eval-text files, named by file name without extension."""
-    texts = {}
-    for f in a.eval_text:
-        name = Path(f).name.split(".")[0]
-        if name in texts:
-            sys.exit(f"train.py: error: --eval-text {f}: another file is also named {name!r}; rename one")
-        try:
-            texts[name] = datalib.held_out_text(f, tok, tok.meta.get("text_field") or "text")
-        except datalib.DataError as e:
-            sys.exit(f"train.py: error: {e}")
-        if len(texts[name][0]) <= a.block_size:
-            sys.exit(f"train.py: error: --eval-text {f} has {len(texts[name][0])} tokens; it needs more than "
-                     f"--block-size ({a.block_size})")
-    return texts
-
-
-@torch.no_grad()
-def text_loss(model, text, unk_id, a, device, ctx):
-    """Next-token loss on the first --eval-batches x --batch-size windows of a held-out text (block_size
-    + 1 tokens each, stride block_size), and the same in bits per UTF-8 byte of the tokens scored:
-    comparable across vocabularies, unlike a loss per token. unk_frac: the share of scored tokens
-    a trimmed vocabulary maps to <unk> (an easier target than the word it stands for)."""
-    ids, nbytes = text
-    T = a.block_size
-    starts = np.arange(0, len(ids) - T, T)[: a.eval_batches * a.batch_size]
-    nats = unk = 0.0
-    model.eval()
-    for i in range(0, len(starts), a.batch_size):
-        xy = torch.from_numpy(np.stack([ids[s : s + T + 1] for s in starts[i : i + a.batch_size]])).to(device)  # (B, T+1)
-        with ctx:
-            logits = model(xy[:, :-1])[0]  # (B, T, V)
-        nats += F.cross_entropy(logits.float().flatten(0, 1), xy[:, 1:].flatten(), reduction="sum").item()
-        unk += (xy[:, 1:] == unk_id).sum().item() if unk_id is not None else 0
-    model.train()
-    n = len(starts) * T
-    scored = sum(int(nbytes[s + 1 : s + T + 1].sum()) for s in starts)
-    return {"loss": nats / n, "bpb": nats / math.log(2) / scored, "unk_frac": unk / n}
-
-
-def sample(model, tok, a, device, vocab_size):
-    """A seeded continuation of --sample-prompt: the same draws at every eval, so a reader sees
-    the model change, not the dice."""
-    prompt = torch.tensor([tok.encode(a.sample_prompt).tolist() or [tok.eot]], device=device)  # (1, P)
-    gen = torch.Generator(device=device).manual_seed(a.seed)
-    model.eval()
-    out = generate(model, prompt, a.sample_tokens, generator=gen, vocab_size=vocab_size)
-    model.train()
-    return tok.decode(out[0, prompt.size(1):].tolist())
 
 
 @torch.no_grad()
@@ -369,7 +318,7 @@ def train(a, rank, world, device):
             probe = (ckpt or {}).get("dynamics_probe") or get_batch(
                 val_tok, min(4, a.batch_size), a.block_size, a.seed, STREAM_PROBE, 0, "cpu")
             recorder = dynamics.Recorder(tuple(t.to(device) for t in probe), out / "dynamics.jsonl", ctx)
-        return recorder, load_texts(a, episodes.tok)
+        return recorder, heldout.load_texts(a, episodes.tok)
 
     dyn, texts = ddp.agree(start_outputs, rank, world, "rank0") or (None, {})
     win = {"lm_ms": [], "meta_ms": [], "lm_loss": [], "sup_acc": [], "qry_acc": [], "meta_loss": []}
@@ -395,9 +344,9 @@ def train(a, rank, world, device):
         if inner:
             row["inner_lrs"] = metalib.inner_lrs_now(inner)
         if texts:
-            row["eval_text"] = {n: text_loss(lm_model, t, episodes.tok.unk, a, device, ctx) for n, t in texts.items()}
+            row["eval_text"] = {n: heldout.text_loss(lm_model, t, episodes.tok.unk, a, device, ctx) for n, t in texts.items()}
         if a.sample_tokens:
-            row["sample"] = sample(model, episodes.tok, a, device, dmeta["vocab_size"])
+            row["sample"] = heldout.sample(model, episodes.tok, a, device, dmeta["vocab_size"])
         with open(log_path, "a") as f:  # the row before the checkpoint: on resume, rows past it are cut
             f.write(json.dumps(row) + "\n")
         tqdm.write(f"eval step {row['step']}: val loss {row['val_loss']:.4f} (ppl {math.exp(row['val_loss']):.1f}), "
@@ -415,7 +364,7 @@ def train(a, rank, world, device):
             "dynamics_probe": tuple(t.cpu() for t in dyn.probe) if dyn else None}
         checkpoint.save(out / "ckpt.pt", ck)
         if a.save_every and state["step"] % a.save_every == 0:  # a trajectory for eval_ner.py and the dynamics
-            datalib.write_atomic(out / f"ckpt_step{state['step']}.pt", lambda f: torch.save(ck, f))
+            checkpoint.save(out / f"ckpt_step{state['step']}.pt", ck)
         for v in win.values():
             v.clear()
 

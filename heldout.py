@@ -1,0 +1,65 @@
+"""
+What the language model is asked at each eval beyond the val batches (train.py): the loss and
+bits per byte of held-out text (--eval-text), and a seeded sample (--sample-prompt).
+"""
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import data as datalib
+from model import generate
+
+
+def load_texts(a, tok):
+    """{name: (ids, bytes per token)} of the --eval-text files, named by file name without extension."""
+    texts = {}
+    for f in a.eval_text:
+        name = Path(f).name.split(".")[0]
+        if name in texts:
+            sys.exit(f"train.py: error: --eval-text {f}: another file is also named {name!r}; rename one")
+        try:
+            texts[name] = datalib.held_out_text(f, tok, tok.meta.get("text_field") or "text")
+        except datalib.DataError as e:
+            sys.exit(f"train.py: error: {e}")
+        if len(texts[name][0]) <= a.block_size:
+            sys.exit(f"train.py: error: --eval-text {f} has {len(texts[name][0])} tokens; it needs more than "
+                     f"--block-size ({a.block_size})")
+    return texts
+
+
+@torch.no_grad()
+def text_loss(model, text, unk_id, a, device, ctx):
+    """Next-token loss on the first --eval-batches x --batch-size windows of a held-out text (block_size
+    + 1 tokens each, stride block_size), and the same in bits per UTF-8 byte of the tokens scored:
+    comparable across vocabularies, unlike a loss per token. unk_frac: the share of scored tokens
+    a trimmed vocabulary maps to <unk> (an easier target than the word it stands for)."""
+    ids, nbytes = text
+    T = a.block_size
+    starts = np.arange(0, len(ids) - T, T)[: a.eval_batches * a.batch_size]
+    nats = unk = 0.0
+    model.eval()
+    for i in range(0, len(starts), a.batch_size):
+        xy = torch.from_numpy(np.stack([ids[s : s + T + 1] for s in starts[i : i + a.batch_size]])).to(device)  # (B, T+1)
+        with ctx:
+            logits = model(xy[:, :-1])[0]  # (B, T, V)
+        nats += F.cross_entropy(logits.float().flatten(0, 1), xy[:, 1:].flatten(), reduction="sum").item()
+        unk += (xy[:, 1:] == unk_id).sum().item() if unk_id is not None else 0
+    model.train()
+    n = len(starts) * T
+    scored = sum(int(nbytes[s + 1 : s + T + 1].sum()) for s in starts)
+    return {"loss": nats / n, "bpb": nats / math.log(2) / scored, "unk_frac": unk / n}
+
+
+def sample(model, tok, a, device, vocab_size):
+    """A seeded continuation of --sample-prompt: the same draws at every eval, so a reader sees
+    the model change, not the dice."""
+    prompt = torch.tensor([tok.encode(a.sample_prompt).tolist() or [tok.eot]], device=device)  # (1, P)
+    gen = torch.Generator(device=device).manual_seed(a.seed)
+    model.eval()
+    out = generate(model, prompt, a.sample_tokens, generator=gen, vocab_size=vocab_size)
+    model.train()
+    return tok.decode(out[0, prompt.size(1):].tolist())
