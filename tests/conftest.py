@@ -51,7 +51,7 @@ def data_dir(tmp_path_factory, corpus_txt):
 TINY = ["--size", "11m", "--device", "cpu", "--batch-size", "4", "--block-size", "32", "--lr", "3e-3",
         "--warmup-steps", "2", "--eval-batches", "2", "--log-every", "1000", "--eval-episodes", "2",
         "--n-way", "4", "--k-shot", "2", "--n-query", "2", "--episode-len", "16", "--inner-steps", "3",
-        "--inner-lr", "0.1", "--skip-top-words", "5", "--min-word-count", "5"]
+        "--inner-lr", "0.1", "--skip-top-words", "5", "--min-word-count", "5", "--sample-tokens", "4"]
 
 
 def run_train(data_dir, out_dir, *extra):
