@@ -44,14 +44,16 @@ def timed(fn, warmup, steps, device):
     return 1000 * (time.perf_counter() - t0) / steps
 
 
-def matmul_flops(device, dtype, n=2048, steps=10):
-    """FLOP/s of an n x n @ n x n matmul: what this device's matrix units deliver in this dtype.
+def matmul_flops(device, dtype, steps=10):
+    """FLOP/s of an n x n @ n x n matmul: what this device's matrix units deliver in this dtype
+    (n = 2048 on a CPU; 8192 on a GPU, which a 2048 matmul does not fill).
     A CPU without bf16 matrix instructions (no AVX-512 BF16 / AMX) runs bf16 matmuls in a slow
     fallback, at about 1 GFLOP/s: a quick 512^3 probe measures that case instead."""
     small = 2 * 512**3 / (timed(lambda: torch.randn(512, 512, device=device, dtype=dtype) @
                                 torch.randn(512, 512, device=device, dtype=dtype), 1, 1, device) / 1000)
     if small < 2e10:
         return small
+    n = 8192 if device == "cuda" else 2048
     a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
     ms = timed(lambda: a @ b, 3, steps, device)
     return 2 * n**3 / (ms / 1000)
@@ -107,7 +109,8 @@ def main():
     p.add_argument("--size", default="11m")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    p.add_argument("--compile", action="store_true", help="compile the model for the LM step")
+    p.add_argument("--compile", action="store_true", help="compile the model, as train.py --compile does")
+    p.add_argument("--profile", action="store_true", help="also print the top operations of 3 LM and 3 meta steps to stderr (torch.profiler)")
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--json", action="store_true", help="print one JSON object with every number")
@@ -127,8 +130,13 @@ def main():
     margs = preset(b.size, dmeta["vocab_size"], a.block_size)
     model = Transformer(margs).to(b.device)
     head = metalib.make_head(a, margs.d_model, margs.vocab_size).to(b.device)
-    lm_model = torch.compile(model) if b.compile else model
-    opt = torch.optim.AdamW([*model.parameters(), *head.parameters()], lr=1e-4)
+    lm_model = model
+    if b.compile:  # as in train.py: the LM step's module and the meta step's functional_call
+        lm_model = torch.compile(model)
+        metalib.use_compile()
+    if b.device == "cuda":  # as in train.py
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    opt = torch.optim.AdamW([*model.parameters(), *head.parameters()], lr=1e-4, fused=b.device == "cuda")
     ctx = nullcontext() if b.dtype == "float32" else torch.autocast(b.device, dtype=torch.bfloat16)
     pos = {"lm": 0, "meta": 0}
 
@@ -168,6 +176,10 @@ def main():
          "of_matmul_peak": lm_flops / (lm_ms / 1000) / mm[b.dtype],
          "mfu": lm_flops / (lm_ms / 1000) / peak if peak else None,
          "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if b.device == "cuda" else None}
+    if b.profile:
+        for name, step in (("LM", lm_step), ("meta", meta_step)):
+            print(f"== {name} step profile", file=sys.stderr)
+            profile(step, b.device)
     if b.json:
         return print(json.dumps(r))
     print(f"{b.size}, vocab {margs.vocab_size:,}, {total:,} params ({non_emb:,} non-embedding), "
@@ -183,6 +195,20 @@ def main():
         print(f"LM MFU {r['mfu']:.1%} of {peak:.3g} FLOP/s (datasheet)")
     if r["peak_memory_gib"] is not None:
         print(f"peak memory {r['peak_memory_gib']:.2f} GiB")
+
+
+def profile(step, device, n=3, rows=15):
+    """Where a step's time goes: the operations that take most of it, over n steps. On a GPU,
+    'Self CUDA time total' well below n x the step's ms means the host (Python, launches,
+    syncs) is the limit, not the kernels."""
+    acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if device == "cuda" else [])
+    with torch.profiler.profile(activities=acts) as prof:
+        for _ in range(n):
+            step()
+        if device == "cuda":
+            torch.cuda.synchronize()
+    key = "self_cuda_time_total" if device == "cuda" else "self_cpu_time_total"
+    print(prof.key_averages().table(sort_by=key, row_limit=rows), file=sys.stderr)
 
 
 def meta_only(b, meta_step, episodes):

@@ -254,9 +254,25 @@ def proto_head(feats, labels, n_way):
     return {"head.w": 2 * mu, "head.b": -(mu * mu).sum(1)}
 
 
+_call = functional_call
+
+
+def use_compile(backend="inductor"):
+    """--compile: the decoder's episode passes go through torch.compile too. Compiling
+    functional_call itself makes the weights graph inputs, so the new fast-weight tensors of
+    every inner step reuse one graph per shape (no recompiles) and autograd runs through it."""
+    global _call
+    _call = torch.compile(functional_call, backend=backend) if backend else functional_call
+
+
+def decoder(model, params, x, hidden=False):
+    """The decoder run with the weights in params: (logits, loss), or hidden states if hidden."""
+    return _call(model, params, (x,), {"hidden": hidden})
+
+
 def features(model, params, x, p, kind):
     """One hidden state per window, after the final norm, in float32."""
-    h = functional_call(model, params, (x,), {"hidden": True})  # (n, L, d)
+    h = decoder(model, params, x, hidden=True)  # (n, L, d)
     rows = torch.arange(len(x), device=x.device)
     if kind == "last":  # the only position that has seen the whole window
         f = h[:, -1]
@@ -288,7 +304,7 @@ def episode_fns(model, head, ep, a, names):
     backbone = lambda fast: {**params, **{n: w for n, w in fast.items() if not n.startswith("head.")}}
 
     if a.task == "lm":
-        logits = lambda fast, x: functional_call(model, backbone(fast), (x,))[0]  # (n, L, V)
+        logits = lambda fast, x: decoder(model, backbone(fast), x)[0]  # (n, L, V)
         return (lambda fast: (logits(fast, ep["xs"]), ep["ys"]), {n: params[n] for n in names},
                 lambda fast: (logits(fast, ep["xq"]), ep["yq"]), {})
 
@@ -296,7 +312,7 @@ def episode_fns(model, head, ep, a, names):
         mlp = {n: w for n, w in head.named_parameters()}
 
         def feats(fast, x, p):
-            return functional_call(model, backbone(fast), (x,), {"hidden": True})[:, p].flatten(0, 1).float()  # (B*K, d)
+            return decoder(model, backbone(fast), x, hidden=True)[:, p].flatten(0, 1).float()  # (B*K, d)
 
         def logits(f, fast):
             with fp32(f.device):

@@ -86,7 +86,7 @@ def get_args(argv=None):
     g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: cuda when available")
     g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
                    help="auto: bfloat16 autocast on GPUs that support it, else float32")
-    g.add_argument("--compile", action="store_true", help="torch.compile the model for LM steps")
+    g.add_argument("--compile", action="store_true", help="torch.compile the model (LM steps and the decoder passes of meta steps)")
     g.add_argument("--seed", type=int, default=1337, help="seeds the init and every data stream")
     metalib.add_args(p)
     args = p.parse_args(argv)
@@ -282,7 +282,10 @@ def train(a, rank, world, device):
         ddp.agree(lambda: load_state(ckpt, model, head, inner, opt, a, out), rank, world)
         state = ckpt["state"]
         checkpoint.set_rng_state(ckpt["rng"])
-    lm_model = torch.compile(model) if a.compile else model  # meta steps use the plain module (torch.func)
+    lm_model = model
+    if a.compile:  # LM steps through the compiled module, meta steps through compiled functional_call
+        lm_model = torch.compile(model)
+        metalib.use_compile()
     net = ddp.wrap(Objective(model, lm_model, head, inner, a), world, device)
 
     total, non_emb = count_params(margs)

@@ -328,3 +328,33 @@ def test_learned_step_sizes_are_logged_checkpointed_and_resumed(data_dir, tmp_pa
     assert {k.replace("/", "."): round(v.exp().item(), 6) for k, v in ckpt["inner_lrs"].items()} == last
     with pytest.raises(SystemExit, match="--inner-params top-2: .* a resumed run cannot change"):
         run_train(data_dir, tmp_path / "half", "--resume", "--max-steps", 12, "--inner-params", "top-2")
+
+
+@pytest.mark.parametrize("task", ["lm", "smlmt"])
+def test_compiled_decoder_gives_the_eager_meta_step_and_reuses_one_graph(data_dir, task):
+    """--compile routes the meta step's decoder passes through torch.compile(functional_call).
+    aot_eager traces the same dynamo + AOT-autograd graphs as inductor, without building
+    kernels. The loss and meta-gradient must match eager, and new fast weights at each inner
+    step must not recompile (the weights are graph inputs): one graph per pass kind."""
+    import torch._dynamo
+    a, eps, model, _, head = setup(data_dir, "--task", task, "--inner-params", "top-1", "--inner-steps", 3)
+    ep = eps.train_episode(0, "cpu")
+    results = []
+    try:
+        for backend in (None, "aot_eager"):
+            torch._dynamo.reset()
+            torch._dynamo.utils.counters.clear()
+            meta.use_compile(backend)
+            model.zero_grad(set_to_none=True)
+            loss, _ = meta.meta_step(model, head, ep, a)
+            grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+            results.append((loss.item(), grads, torch._dynamo.utils.counters["stats"]["unique_graphs"]))
+    finally:
+        meta.use_compile(None)  # back to plain functional_call for the other tests
+        torch._dynamo.reset()
+    (eager_loss, eager_g, _), (comp_loss, comp_g, graphs) = results
+    assert comp_loss == pytest.approx(eager_loss, rel=1e-5)
+    assert eager_g.keys() == comp_g.keys() and len(eager_g) > 0
+    for n in eager_g:
+        torch.testing.assert_close(comp_g[n], eager_g[n], rtol=1e-4, atol=1e-6)
+    assert 1 <= graphs <= 3, f"{graphs} graphs for 3 inner steps: the fast weights recompile"
