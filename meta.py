@@ -1,7 +1,7 @@
 """
 First-order MAML (FOMAML) over self-supervised episodes, mixed into LM pretraining.
 
-    python inspect_episodes.py --data-dir data/enwiki8k [episode flags]   # look at episodes first
+    python inspect_episodes.py --data-dir data/enwiki8k [episode flags]   # look at episodes first (or python meta.py ...)
 
 MAML in four lines. An episode has a support set S and a query set Q of the same task.
   inner loop:  phi_0 = theta;  phi_{i+1} = phi_i - alpha * grad L_S(phi_i)     (a few SGD steps)
@@ -442,3 +442,8 @@ def evaluate(model, head, val_episodes, a, device, ctx, inner=None):
                 out[f"loss_{when}"].append(ce(logits, y).item())
     return {f"episode_{k}": float(np.mean(v)) if v else None for k, v in out.items()}
 
+
+
+if __name__ == "__main__":  # python meta.py --data-dir DIR: the episode inspector (inspect_episodes.py)
+    import inspect_episodes
+    inspect_episodes.main()
