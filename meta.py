@@ -260,7 +260,8 @@ _call = functional_call
 def use_compile(backend="inductor"):
     """--compile: the decoder's episode passes go through torch.compile too. Compiling
     functional_call itself makes the weights graph inputs, so the new fast-weight tensors of
-    every inner step reuse one graph per shape (no recompiles) and autograd runs through it."""
+    every inner step reuse one graph per shape (no recompiles) and autograd runs through it.
+    backend=None goes back to plain functional_call (the tests use the cheap "aot_eager")."""
     global _call
     _call = torch.compile(functional_call, backend=backend) if backend else functional_call
 
@@ -441,7 +442,6 @@ def evaluate(model, head, val_episodes, a, device, ctx, inner=None):
                 out[f"acc_{when}"].append(accuracy(logits, y))
                 out[f"loss_{when}"].append(ce(logits, y).item())
     return {f"episode_{k}": float(np.mean(v)) if v else None for k, v in out.items()}
-
 
 
 if __name__ == "__main__":  # python meta.py --data-dir DIR: the episode inspector (inspect_episodes.py)
