@@ -26,6 +26,7 @@ import torch
 
 import data as datalib
 import episodes as eplib
+import heads
 import meta as metalib
 import train
 from model import Transformer, count_params, flops_per_token, peak_flops, preset
@@ -129,11 +130,11 @@ def main():
     torch.manual_seed(0)
     margs = preset(b.size, dmeta["vocab_size"], a.block_size)
     model = Transformer(margs).to(b.device)
-    head = metalib.make_head(a, margs.d_model, margs.vocab_size).to(b.device)
+    head = heads.make_head(a, margs.d_model, margs.vocab_size).to(b.device)
     lm_model = model
     if b.compile:  # as in train.py: the LM step's module and the meta step's functional_call
         lm_model = torch.compile(model)
-        metalib.use_compile()
+        heads.use_compile()
     if b.device == "cuda":  # as in train.py
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     opt = torch.optim.AdamW([*model.parameters(), *head.parameters()], lr=1e-4, fused=b.device == "cuda")

@@ -17,7 +17,8 @@ import torch
 import checkpoint
 import data as datalib
 import episodes as eplib
-from meta import add_args, check_args, evaluate, fast_names, make_head, make_inner_lrs
+from heads import make_head
+from meta import add_args, check_args, evaluate, fast_names, make_inner_lrs
 from model import ModelArgs, Transformer, preset
 
 

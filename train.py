@@ -33,9 +33,10 @@ from tqdm import tqdm
 import checkpoint
 import data as datalib
 import ddp
-import heldout
 import dynamics
 import episodes as eplib
+import heads
+import heldout
 import meta as metalib
 from model import PRESETS, ModelArgs, Transformer, count_params, flops_per_token, peak_flops, preset
 
@@ -270,7 +271,7 @@ def train(a, rank, world, device):
     torch.manual_seed(a.seed)
     margs = ModelArgs(**ckpt["model_args"]) if ckpt else preset(a.size, dmeta["vocab_size"], a.block_size)
     model = Transformer(margs).to(device)
-    head = metalib.make_head(a, margs.d_model, margs.vocab_size).to(device)  # episode head: temperature / pico MLP
+    head = heads.make_head(a, margs.d_model, margs.vocab_size).to(device)  # episode head: temperature / pico MLP
     inner = metalib.make_inner_lrs(a, metalib.fast_names(model, head, a)).to(device)  # --learn-inner-lr's log step sizes
     params = [*model.parameters(), *head.parameters(), *inner.parameters()]
     decay = [p for p in params if p.dim() >= 2]  # matrices decay; norm gains, temperature and step sizes do not
@@ -285,7 +286,7 @@ def train(a, rank, world, device):
     lm_model = model
     if a.compile:  # LM steps through the compiled module, meta steps through compiled functional_call
         lm_model = torch.compile(model)
-        metalib.use_compile()
+        heads.use_compile()
     net = ddp.wrap(Objective(model, lm_model, head, inner, a), world, device)
 
     total, non_emb = count_params(margs)

@@ -78,7 +78,7 @@ def test_a_bad_flag_on_one_rank_ends_both_ranks_with_one_line(data_dir, tmp_path
 
 
 def _count_all_reduces(rank, world, port, result):
-    import meta as metalib
+    import heads
     import train
     from model import Transformer, preset
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -86,7 +86,7 @@ def _count_all_reduces(rank, world, port, result):
     torch.manual_seed(0)
     a = train.get_args(["--data-dir", "unused", *TINY, "--task", "lm", "--inner-params", "all", "--meta"])
     model = Transformer(preset("11m", 256, 32))
-    head = metalib.make_head(a, model.args.d_model, model.args.vocab_size)
+    head = heads.make_head(a, model.args.d_model, model.args.vocab_size)
     net = torch.nn.parallel.DistributedDataParallel(train.Objective(model, model, head, torch.nn.ParameterDict(), a),
                                                     find_unused_parameters=True)
     calls = []

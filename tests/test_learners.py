@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 import episodes as eplib
+import heads
 import meta
 from conftest import run_train
 from test_meta import setup
@@ -34,7 +35,7 @@ def test_every_inner_step_changes_a_matrix_by_rank_at_most_r(data_dir, learn_v):
     extra = ["--inner-rank-learn-v"] if learn_v else []
     a, eps, model, _, head = setup(data_dir, "--task", "lm", "--inner-params", "top-1", "--inner-rank", R, *extra)
     ep = eplib.to_device(eps.val[0], "cpu")
-    support, fast, _, units = meta.episode_fns(model, head, ep, a, meta.adapted_names(model, "top-1"))
+    support, fast, _, units = heads.episode_fns(model, head, ep, a, meta.adapted_names(model, "top-1"))
     for rank, steps in ((R, 1), (R, 3), (0, 3)):
         a.inner_rank, a.inner_steps = rank, steps
         phi = meta.adapt(support, fast, units, a, {}, ep["seed"])

@@ -10,6 +10,7 @@ from torch.func import functional_call
 
 import data
 import episodes as eplib
+import heads
 import meta
 import train
 from conftest import TINY, run_train
@@ -25,7 +26,7 @@ def setup(data_dir, *extra):
     eps = eplib.Episodes(a, Path(data_dir), dmeta, tok["train"], tok["val"])
     torch.manual_seed(0)
     model = Transformer(preset("11m", dmeta["vocab_size"], 32))
-    head = meta.make_head(a, model.args.d_model, model.args.vocab_size)
+    head = heads.make_head(a, model.args.d_model, model.args.vocab_size)
     return a, eps, model, dmeta, head
 
 
@@ -59,8 +60,8 @@ def test_inner_loop_lowers_the_support_loss(data_dir):
         a, eps, model, _, head = setup(data_dir, "--inner-params", spec, "--inner-lr", "0.05")
         ep = eplib.to_device(eps.val[0], "cpu")
         names = meta.adapted_names(model, spec)
-        support, fast, _, _ = meta.episode_fns(model, head, ep, a, names)
-        support_loss = lambda f: meta.ce(*support(f))
+        support, fast, _, _ = heads.episode_fns(model, head, ep, a, names)
+        support_loss = lambda f: heads.ce(*support(f))
         # prototypes often fit a tiny support set exactly (loss 0): start from an uninformed head
         fast |= {n: torch.zeros_like(w).requires_grad_() for n, w in fast.items() if n.startswith("head.")}
         before = support_loss(fast).item()
@@ -202,7 +203,7 @@ def test_features_read_the_requested_position(data_dir):
     rows = torch.arange(len(h))
     want = {"before-mask": h[rows, ep["ps"] - 1], "mask": h[rows, ep["ps"]], "last": h[:, -1], "mean": h.mean(1)}
     for kind, w in want.items():
-        assert torch.allclose(meta.features(model, params, ep["xs"], ep["ps"], kind), w, atol=1e-6), kind
+        assert torch.allclose(heads.features(model, params, ep["xs"], ep["ps"], kind), w, atol=1e-6), kind
     assert (ep["xs"][rows, ep["ps"]] == 2).all()  # the mask really sits at ps (mask id 2, trimmed vocab)
 
 
@@ -231,12 +232,12 @@ def test_head_only_inner_loop_runs_the_backbone_once_per_set(data_dir):
 def test_episode_head_logits_stay_float32_under_bf16_autocast(data_dir):
     a, eps, model, _, head = setup(data_dir)
     ep = eps.train_episode(0, "cpu")
-    support, fast, _, _ = meta.episode_fns(model, head, ep, a, [])
-    f = meta.features(model, dict(model.named_parameters()), ep["xs"], ep["ps"], a.episode_feature).detach()
+    support, fast, _, _ = heads.episode_fns(model, head, ep, a, [])
+    f = heads.features(model, dict(model.named_parameters()), ep["xs"], ep["ps"], a.episode_feature).detach()
     f = f * head["log_scale"].exp().detach() * 30  # large features, as after training: bf16 would be off by units
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        fast = meta.proto_head(f, ep["ys"], a.n_way)
-        with meta.fp32("cpu"):
+        fast = heads.proto_head(f, ep["ys"], a.n_way)
+        with heads.fp32("cpu"):
             got = f @ fast["head.w"].T + fast["head.b"]
         logits, _ = support({k: v.detach() for k, v in fast.items()})
     want = f.double() @ fast["head.w"].double().T + fast["head.b"].double()
@@ -265,7 +266,7 @@ def test_episode_head_is_checkpointed_and_resumed_exactly(data_dir, tmp_path, ta
     a = torch.load(tmp_path / "full" / "ckpt.pt", weights_only=False)["meta_head"]
     b = torch.load(tmp_path / "half" / "ckpt.pt", weights_only=False)["meta_head"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    init = meta.make_head(train.get_args(["--task", task]), 96, 256).state_dict()
+    init = heads.make_head(train.get_args(["--task", task]), 96, 256).state_dict()
     assert any(not torch.equal(a[k], init[k]) for k in a)  # the outer optimiser trained the head
 
 
@@ -296,7 +297,7 @@ def test_learned_step_size_gets_the_first_order_meta_sgd_gradient(data_dir):
     meta.meta_step(model, head, ep, a, inner)
 
     params = dict(model.named_parameters())
-    lm_loss = lambda fast, x, y: meta.ce(functional_call(model, {**params, **fast}, (x,))[0], y)
+    lm_loss = lambda fast, x, y: heads.ce(functional_call(model, {**params, **fast}, (x,))[0], y)
     lr = {n: inner[meta.lr_key(n)].exp().item() for n in names}
     phi = {n: params[n].detach().clone() for n in names}
     total = {n: torch.zeros_like(w) for n, w in phi.items()}
@@ -344,13 +345,13 @@ def test_compiled_decoder_gives_the_eager_meta_step_and_reuses_one_graph(data_di
         for backend in (None, "aot_eager"):
             torch._dynamo.reset()
             torch._dynamo.utils.counters.clear()
-            meta.use_compile(backend)
+            heads.use_compile(backend)
             model.zero_grad(set_to_none=True)
             loss, _ = meta.meta_step(model, head, ep, a)
             grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
             results.append((loss.item(), grads, torch._dynamo.utils.counters["stats"]["unique_graphs"]))
     finally:
-        meta.use_compile(None)  # back to plain functional_call for the other tests
+        heads.use_compile(None)  # back to plain functional_call for the other tests
         torch._dynamo.reset()
     (eager_loss, eager_g, _), (comp_loss, comp_g, graphs) = results
     assert comp_loss == pytest.approx(eager_loss, rel=1e-5)
