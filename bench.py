@@ -131,10 +131,7 @@ def main():
     margs = preset(b.size, dmeta["vocab_size"], a.block_size)
     model = Transformer(margs).to(b.device)
     head = heads.make_head(a, margs.d_model, margs.vocab_size).to(b.device)
-    lm_model = model
-    if b.compile:  # as in train.py: the LM step's module and the meta step's functional_call
-        lm_model = torch.compile(model)
-        heads.use_compile()
+    lm_model = train.compile_model(model) if b.compile else model
     if b.device == "cuda":  # as in train.py
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     opt = torch.optim.AdamW([*model.parameters(), *head.parameters()], lr=1e-4, fused=b.device == "cuda")

@@ -122,6 +122,13 @@ def get_batch(tokens, B, T, seed, stream, pos, device, micro=0, n_micro=1):
     return xy[:, :-1], xy[:, 1:]  # (B, T) each
 
 
+def compile_model(model):
+    """--compile: LM steps run the returned compiled module, and meta steps reach the same
+    decoder through a compiled functional_call (heads.use_compile)."""
+    heads.use_compile()
+    return torch.compile(model)
+
+
 @torch.no_grad()
 def val_loss(model, val, a, device, ctx):
     model.eval()
@@ -283,10 +290,7 @@ def train(a, rank, world, device):
         ddp.agree(lambda: load_state(ckpt, model, head, inner, opt, a, out), rank, world)
         state = ckpt["state"]
         checkpoint.set_rng_state(ckpt["rng"])
-    lm_model = model
-    if a.compile:  # LM steps through the compiled module, meta steps through compiled functional_call
-        lm_model = torch.compile(model)
-        heads.use_compile()
+    lm_model = compile_model(model) if a.compile else model
     net = ddp.wrap(Objective(model, lm_model, head, inner, a), world, device)
 
     total, non_emb = count_params(margs)
