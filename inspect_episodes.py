@@ -83,16 +83,21 @@ def score(a, eps, dmeta):
     if inner and a.ckpt and "inner_lrs" in ckpt and ckpt["inner_lrs"].keys() == inner.state_dict().keys():
         inner.load_state_dict(ckpt["inner_lrs"])  # the learned step sizes
     print(f"{a.ckpt or 'fresh init'} on {len(eps.val)} val episodes, {a.task}, {a.inner_steps} inner steps:\n")
-    print("| inner params | inner lr | query acc before -> after | query loss before -> after | loss after / before |")
-    print("|---|---|---|---|---|")
+    # The last two columns: each loss at its best single temperature (an oracle fitted on the query
+    # labels). When "after" gains nothing there, the inner loop only rescaled the logits.
+    print("| inner params | inner lr | query acc before -> after | query loss before -> after | loss after / before "
+          "| at best temperature: before -> after (T) |")
+    print("|---|---|---|---|---|---|")
     for spec in (a.sweep_params or a.inner_params).split(","):
         for lr in (a.sweep_lr.split(",") if a.sweep_lr else [a.inner_lr]):
             b = argparse.Namespace(**{**vars(a), "inner_params": spec, "inner_lr": float(lr)})
             check_args(b, "inspect_episodes.py")
-            r = evaluate(model, head, eps.val, b, "cpu", torch.autocast("cpu", enabled=False), inner)
+            r = evaluate(model, head, eps.val, b, "cpu", torch.autocast("cpu", enabled=False), inner, temperature=True)
             lb, la = r["episode_loss_before"], r["episode_loss_after"]
             print(f"| {spec} | {'learned' if inner else lr} | {r['episode_acc_before']:.3f} -> {r['episode_acc_after']:.3f} "
-                  f"| {lb:.3f} -> {la:.3f} | {la / lb:.3f} |", flush=True)
+                  f"| {lb:.3f} -> {la:.3f} | {la / lb:.3f} | {r['episode_loss_before_best_t']:.3f} "
+                  f"({r['episode_t_before']:.2f}) -> {r['episode_loss_after_best_t']:.3f} ({r['episode_t_after']:.2f}) |",
+                  flush=True)
 
 
 if __name__ == "__main__":

@@ -169,10 +169,12 @@ def test_bad_meta_flags_are_refused(data_dir):
 
 def test_default_episode_is_about_one_lm_batch():
     a = train.get_args([])
-    assert eplib.default_n_way(a) == 32  # the paper's 32-way at the default 32 x 512 batch
+    assert (a.k_shot, a.n_query) == (8, 4) and eplib.default_n_way(a) == 21  # 21 x (8 + 4) x 64 ~ 32 x 512
     a = train.get_args(["--batch-size", "16", "--block-size", "128"])
-    assert eplib.default_n_way(a) == 4 and 4 * (4 + 4) * 64 == 16 * 128
+    assert eplib.default_n_way(a) == 4  # 2048 tokens would give 3-way: the floor keeps chance at 1/4
+    assert train.get_args(["--task", "lm"]).k_shot == train.get_args(["--task", "pico"]).k_shot == 4
     assert eplib.default_n_way(train.get_args(["--task", "pico", "--batch-size", "16"])) == 32  # the released code's
+    assert train.get_args(["--k-shot", "2"]).k_shot == 2
 
 
 def test_meta_weight_scales_the_meta_gradient(data_dir):
@@ -281,6 +283,19 @@ def test_no_inner_step_leaves_the_query_exactly_as_before(data_dir, task):
     a, eps, model, _, head = setup(data_dir, "--task", task, "--inner-params", "top-1", "--inner-lr", 0.3)
     r = meta.evaluate(model, head, eps.val, a, "cpu", torch.autocast("cpu", enabled=False))
     assert r["episode_loss_after"] != r["episode_loss_before"]  # and a real step does change it
+
+
+def test_best_temperature_finds_the_scale_that_calibrates_the_logits():
+    # labels drawn from softmax(z), logits shown as z / 3: the best temperature is about 3, and it
+    # can only lower the loss (T = 1 is on the grid)
+    gen = torch.Generator().manual_seed(0)
+    pairs = []
+    for _ in range(8):
+        z = 2 * torch.randn(500, 4, generator=gen)
+        pairs.append((z / 3, torch.multinomial(z.softmax(-1), 1, generator=gen).squeeze(1)))
+    loss, t = meta.best_temperature(pairs)
+    assert 2.6 < t < 3.4
+    assert loss < np.mean([heads.ce(l, y).item() for l, y in pairs]) - 0.05
 
 
 def test_learned_step_size_gets_the_first_order_meta_sgd_gradient(data_dir):
