@@ -1,0 +1,54 @@
+import sys, math, torch, numpy as np, torch.nn.functional as F
+sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[2]))
+import checkpoint, data as datalib, model as M
+torch.manual_seed(0)
+ck = checkpoint.load(sys.argv[1], fallback=False)
+net = M.Transformer(M.ModelArgs(**ck["model_args"]))
+if len(sys.argv) < 3: net.load_state_dict(ck["model"])
+dmeta = datalib.load_meta("data/enwiki8k"); tr, va = datalib.load_bins("data/enwiki8k", dmeta)
+rng = np.random.default_rng(0); ix = rng.integers(0, len(tr) - 130, 16)
+x = torch.stack([torch.from_numpy(tr[i:i+128].astype(np.int64)) for i in ix]); y = torch.stack([torch.from_numpy(tr[i+1:i+129].astype(np.int64)) for i in ix])
+orig = M.Attention.forward
+def make(mode):
+    def fwd(self, x, cos, sin, explicit=False):
+        if mode == "fused": return orig(self, x, cos, sin, explicit)
+        B, T, _ = x.shape; hd = self.head_dim
+        q = self.q(x).view(B, T, self.n_head, hd).transpose(1, 2)
+        k = self.k(x).view(B, T, self.n_kv_head, hd).transpose(1, 2)
+        v = self.v(x).view(B, T, self.n_kv_head, hd).transpose(1, 2)
+        q, k = M.apply_rope(q, cos, sin), M.apply_rope(k, cos, sin)
+        rep = self.n_head // self.n_kv_head
+        k = k.repeat_interleave(rep, dim=1); v = v.repeat_interleave(rep, dim=1)
+        causal = torch.ones(T, T, dtype=torch.bool).tril()
+        if mode == "explicit32":
+            with torch.autocast("cpu", enabled=False):
+                q, k, v = q.float(), k.float(), v.float()
+                att = (q @ k.transpose(-2, -1)) / math.sqrt(hd)
+                att = att.masked_fill(~causal, float("-inf"))
+                yy = F.softmax(att, -1) @ v
+        else:
+            att = (q @ k.transpose(-2, -1)) / math.sqrt(hd)
+            att = att.masked_fill(~causal, float("-inf"))
+            yy = F.softmax(att.float(), -1).type_as(q) @ v
+        yy = yy.transpose(1, 2).contiguous().view(B, T, self.n_head * hd)
+        return self.o(yy), None
+    return fwd
+def grads(mode, bf16):
+    M.Attention.forward = make(mode); net.zero_grad()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        _, loss = net(x, y)
+    loss.backward()
+    return loss.item(), {n: p.grad.detach().clone() for n, p in net.named_parameters()}
+l0, g0 = grads("fused", False)
+print(f"ref fp32 fused loss {l0:.5f}")
+for mode, bf16 in [("explicit", False), ("fused", True), ("explicit", True), ("explicit32", True)]:
+    l, g = grads(mode, bf16)
+    num = sum((g[n] - g0[n]).pow(2).sum() for n in g0).sqrt(); den = sum(g0[n].pow(2).sum() for n in g0).sqrt()
+    cos = {n: F.cosine_similarity(g[n].flatten(), g0[n].flatten(), 0).item() for n in g0}
+    worst = sorted(cos.items(), key=lambda kv: kv[1])[:3]
+    groups = {}
+    for n in g0:
+        key = n.split(".")[-2] if n.startswith("layers") else n
+        groups.setdefault(key, []).append(((g[n]-g0[n]).norm() / g0[n].norm()).item())
+    print(f"{mode:10s} bf16={bf16!s:5s} loss {l:.5f} rel.err {num/den:.4f} worst cos {[(n, round(c,4)) for n,c in worst]}")
+    print("   rel err by tensor kind:", {k: round(float(np.mean(v)), 4) for k, v in groups.items()})
