@@ -8,33 +8,10 @@ if len(sys.argv) < 3: net.load_state_dict(ck["model"])
 dmeta = datalib.load_meta("data/enwiki8k"); tr, va = datalib.load_bins("data/enwiki8k", dmeta)
 rng = np.random.default_rng(0); ix = rng.integers(0, len(tr) - 130, 16)
 x = torch.stack([torch.from_numpy(tr[i:i+128].astype(np.int64)) for i in ix]); y = torch.stack([torch.from_numpy(tr[i+1:i+129].astype(np.int64)) for i in ix])
-orig = M.Attention.forward
-def make(mode):
-    def fwd(self, x, cos, sin, explicit=False):
-        if mode == "fused": return orig(self, x, cos, sin, explicit)
-        B, T, _ = x.shape; hd = self.head_dim
-        q = self.q(x).view(B, T, self.n_head, hd).transpose(1, 2)
-        k = self.k(x).view(B, T, self.n_kv_head, hd).transpose(1, 2)
-        v = self.v(x).view(B, T, self.n_kv_head, hd).transpose(1, 2)
-        q, k = M.apply_rope(q, cos, sin), M.apply_rope(k, cos, sin)
-        rep = self.n_head // self.n_kv_head
-        k = k.repeat_interleave(rep, dim=1); v = v.repeat_interleave(rep, dim=1)
-        causal = torch.ones(T, T, dtype=torch.bool).tril()
-        if mode == "explicit32":
-            with torch.autocast("cpu", enabled=False):
-                q, k, v = q.float(), k.float(), v.float()
-                att = (q @ k.transpose(-2, -1)) / math.sqrt(hd)
-                att = att.masked_fill(~causal, float("-inf"))
-                yy = F.softmax(att, -1) @ v
-        else:
-            att = (q @ k.transpose(-2, -1)) / math.sqrt(hd)
-            att = att.masked_fill(~causal, float("-inf"))
-            yy = F.softmax(att.float(), -1).type_as(q) @ v
-        yy = yy.transpose(1, 2).contiguous().view(B, T, self.n_head * hd)
-        return self.o(yy), None
-    return fwd
+sys.path.insert(0, str(__import__('pathlib').Path(__file__).parent))
+from run_patched import patch  # the attention variants
 def grads(mode, bf16):
-    M.Attention.forward = make(mode); net.zero_grad()
+    patch(mode); net.zero_grad()
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         _, loss = net(x, y)
     loss.backward()
