@@ -33,16 +33,24 @@ from model import Transformer, count_params, flops_per_token, peak_flops, preset
 
 
 def timed(fn, warmup, steps, device):
+    """ms per call of fn. On a CPU, the median of the calls: on a shared machine a few of them
+    stall for other tenants, and the median is the machine's own speed. On a GPU, calls only
+    queue work, so a whole synchronised block is timed and averaged."""
     for _ in range(warmup):
         fn()
     if device == "cuda":
         torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        fn()
-    if device == "cuda":
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            fn()
         torch.cuda.synchronize()
-    return 1000 * (time.perf_counter() - t0) / steps
+        return 1000 * (time.perf_counter() - t0) / steps
+    ms = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        fn()
+        ms.append(1000 * (time.perf_counter() - t0))
+    return float(np.median(ms))
 
 
 def matmul_flops(device, dtype, steps=10):
@@ -112,7 +120,7 @@ def main():
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--compile", action="store_true", help="compile the model, as train.py --compile does")
     p.add_argument("--profile", action="store_true", help="also print the top operations of 3 LM and 3 meta steps to stderr (torch.profiler)")
-    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--steps", type=int, default=10, help="timed steps (CPU: their median)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--json", action="store_true", help="print one JSON object with every number")
     p.add_argument("--learners", action="store_true",
@@ -134,7 +142,7 @@ def main():
     lm_model = train.compile_model(model) if b.compile else model
     if b.device == "cuda":  # as in train.py
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    opt = torch.optim.AdamW([*model.parameters(), *head.parameters()], lr=1e-4, fused=b.device == "cuda")
+    opt = torch.optim.AdamW([*model.parameters(), *head.parameters()], lr=1e-4, fused=True)
     ctx = nullcontext() if b.dtype == "float32" else torch.autocast(b.device, dtype=torch.bfloat16)
     pos = {"lm": 0, "meta": 0}
 

@@ -69,7 +69,12 @@ def decoder(model, params, x, hidden=False):
 
 def features(model, params, x, p, kind):
     """One hidden state per window, after the final norm, in float32."""
-    h = decoder(model, params, x, hidden=True)  # (n, L, d)
+    if kind in ("mask", "before-mask"):
+        # the decoder is causal, so the state at p (or p - 1) never sees the tokens after p:
+        # the windows can end there. SMLMT puts p in [L/4, 3L/4), so this drops about a
+        # quarter of every window. Rounded up to 16 tokens so that --compile sees few shapes
+        x = x[:, : min(x.shape[1], -(-(int(p.max()) + 1) // 16) * 16)]  # (n, L') with L' > max p
+    h = decoder(model, params, x, hidden=True)  # (n, L', d)
     rows = torch.arange(len(x), device=x.device)
     if kind == "last":  # the only position that has seen the whole window
         f = h[:, -1]

@@ -284,7 +284,7 @@ def train(a, rank, world, device):
     decay = [p for p in params if p.dim() >= 2]  # matrices decay; norm gains, temperature and step sizes do not
     no_decay = [p for p in params if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": a.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-                            lr=a.lr, betas=(0.9, 0.95), fused=device == "cuda")
+                            lr=a.lr, betas=(0.9, 0.95), fused=True)
     state = {"step": 0, "lm_pos": 0, "meta_pos": 0, "tokens": 0, "flops": 0.0, "elapsed_s": 0.0}
     if ckpt:
         ddp.agree(lambda: load_state(ckpt, model, head, inner, opt, a, out), rank, world)

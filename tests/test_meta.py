@@ -209,6 +209,23 @@ def test_features_read_the_requested_position(data_dir):
     assert (ep["xs"][rows, ep["ps"]] == 2).all()  # the mask really sits at ps (mask id 2, trimmed vocab)
 
 
+def test_features_at_the_mask_need_only_the_window_up_to_it(monkeypatch):
+    torch.manual_seed(0)
+    model = Transformer(preset("11m", 512, 64))
+    params = dict(model.named_parameters())
+    x, p = torch.randint(0, 512, (6, 64)), torch.tensor([16, 20, 33, 40, 17, 21])
+    h = model(x, hidden=True)  # (6, 64, d): the whole windows
+    rows = torch.arange(6)
+    seen = []
+    decoder = heads.decoder
+    monkeypatch.setattr(heads, "decoder", lambda m, prm, xx, **kw: seen.append(xx.shape[1]) or decoder(m, prm, xx, **kw))
+    for kind, want in (("before-mask", h[rows, p - 1]), ("mask", h[rows, p])):
+        assert torch.allclose(heads.features(model, params, x, p, kind), want, atol=1e-5), kind
+    assert seen == [48, 48]  # max p = 40: 41 tokens needed, rounded up to 48 of the 64
+    heads.features(model, params, x, torch.tensor([16, 63, 20, 20, 20, 20]), "mask")
+    assert seen[-1] == 64
+
+
 def test_query_gradient_flows_through_the_prototypes_only_with_proto_grad(data_dir):
     grads = {}
     for flag in ("--proto-grad", "--no-proto-grad"):

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch.func import functional_call
 
 import model
@@ -108,9 +109,8 @@ def test_functional_call_with_own_params_equals_forward():
     m = Transformer(tiny()).eval()
     x, y = torch.randint(0, 128, (2, 10)), torch.randint(0, 128, (2, 10))
     params = dict(m.named_parameters())
-    logits, loss = functional_call(m, params, (x, y))
-    ref_logits, ref_loss = m(x, y)
-    assert torch.equal(logits, ref_logits) and torch.equal(loss, ref_loss)
+    assert torch.equal(functional_call(m, params, (x, y))[1], m(x, y)[1])
+    assert torch.equal(functional_call(m, params, (x,))[0], m(x)[0])
     h = functional_call(m, params, (x,), {"hidden": True})
     assert torch.equal(h, m(x, hidden=True))
 
@@ -135,9 +135,50 @@ def test_flops_per_token_counts_backward_as_twice_forward():
 
 def test_rope_preserves_norms_and_is_relative():
     cos, sin = model.rope_tables(16, 64, 10000.0)
+    # the pairs are channels (0, 1), (2, 3), ...: checkpoints depend on this convention
+    e0 = torch.zeros(1, 1, 1, 16)
+    e0[..., 0] = 1.0
+    assert torch.allclose(model.apply_rope(e0, cos[5:6], sin[5:6])[0, 0, 0, :2], torch.stack([cos[5, 0], sin[5, 0]]))
     q, k = torch.randn(1, 1, 1, 16), torch.randn(1, 1, 1, 16)
     at = lambda x, p: model.apply_rope(x, cos[p : p + 1], sin[p : p + 1])
     assert torch.allclose(at(q, 7).norm(), q.norm(), atol=1e-5)  # a rotation
     dot = lambda i, j: (at(q, i) * at(k, j)).sum()
     assert torch.allclose(dot(10, 3), dot(30, 23), atol=1e-4)  # only the distance matters
     assert not torch.allclose(dot(10, 3), dot(10, 4), atol=1e-3)
+
+
+def test_linear_cross_entropy_equals_cross_entropy_of_the_logits():
+    torch.manual_seed(0)
+    x, w = torch.randn(37, 16, requires_grad=True), torch.randn(64, 16, requires_grad=True)
+    y = torch.randint(0, 64, (37,))
+    y[[3, 20]] = -1  # ignored rows
+    ref = F.cross_entropy(x @ w.t(), y, ignore_index=-1)
+    ref_g = torch.autograd.grad(ref, (x, w))
+    for cache_floats in (64 * 5, 64 * 37, 10**6):  # chunks of 5 rows (the last one 2), one chunk
+        loss = model.linear_cross_entropy(x, w, y, cache_floats)
+        assert torch.allclose(loss, ref, atol=1e-6)
+        for got, want in zip(torch.autograd.grad(2 * loss, (x, w)), ref_g):  # backward scales by the upstream grad
+            assert torch.allclose(got, 2 * want, atol=1e-6)
+    none = model.linear_cross_entropy(x, w, torch.full((37,), -1))
+    assert none.item() == 0 and all((g == 0).all() for g in torch.autograd.grad(none, (x, w)))
+    with torch.no_grad():  # evaluation: the same loss, no gradients formed
+        assert torch.allclose(model.linear_cross_entropy(x, w, y), ref, atol=1e-6)
+
+
+def test_cpu_loss_and_gradients_under_bf16_autocast_stay_near_float32(monkeypatch):
+    torch.manual_seed(0)
+    m = Transformer(tiny(n_layer=2, vocab_size=512, d_model=64, n_head=8, n_kv_head=2, hidden_dim=256))
+    x, y = torch.randint(0, 512, (4, 32)), torch.randint(0, 512, (4, 32))
+    seen = []
+    sdpa = F.scaled_dot_product_attention
+    monkeypatch.setattr(F, "scaled_dot_product_attention",
+                        lambda q, *r, **kw: seen.append((q.dtype, torch.is_autocast_enabled("cpu"))) or sdpa(q, *r, **kw))
+    loss32 = m(x, y)[1]
+    g32 = torch.autograd.grad(loss32, list(m.parameters()))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss16 = m(x, y)[1]
+    g16 = torch.autograd.grad(loss16, list(m.parameters()))
+    assert seen[-1] == (torch.float32, False)  # the CPU attention kernel runs in float32 even under autocast
+    assert loss16.dtype == torch.float32 and abs(loss16.item() - loss32.item()) < 0.01
+    err = sum((a - b).pow(2).sum() for a, b in zip(g16, g32)).sqrt() / sum(b.pow(2).sum() for b in g32).sqrt()
+    assert err < 0.02  # bf16 matmuls: about 0.6% at the 11m model's shapes
