@@ -195,7 +195,7 @@ def main():
     print(f"LM   step {lm_ms:9.1f} ms  {r['lm_tok_s']:10,.0f} tok/s  {lm_flops:.3g} FLOPs  "
           f"{r['lm_flops_per_s'] / 1e9:.0f} GFLOP/s = {r['of_matmul_peak']:.0%} of {b.dtype} matmul peak")
     print(f"meta step {meta_ms:9.1f} ms  {episodes.tokens_per_episode() / meta_ms * 1000:10,.0f} tok/s  "
-          f"{metalib.step_flops(a, margs):.3g} FLOPs")
+          f"{metalib.step_flops(a, margs):.3g} FLOPs (counted on whole windows)")
     print(f"meta / LM = {meta_ms / lm_ms:.2f}")
     if peak:
         print(f"LM MFU {r['mfu']:.1%} of {peak:.3g} FLOP/s (datasheet)")

@@ -279,7 +279,9 @@ def step_flops(a, margs):
     """FLOPs of one meta step, inner loop included: support forward (features computed once),
     inner steps (backbone forward+backward each unless only the head adapts), query forward +
     backward (and the support backward through the prototypes with --proto-grad). Backwards
-    are counted as full ones (an upper bound); the episode heads are ignored (tiny)."""
+    are counted as full ones, and SMLMT windows at their full length, though heads.features
+    runs them only up to the mask (about 3/4 of it): an upper bound. The episode heads are
+    ignored (tiny)."""
     lm = a.task == "lm"
     if a.task == "pico":
         L, n_s, n_q = a.block_size, a.batch_size, a.batch_size
