@@ -154,8 +154,8 @@ def test_linear_cross_entropy_equals_cross_entropy_of_the_logits():
     y[[3, 20]] = -1  # ignored rows
     ref = F.cross_entropy(x @ w.t(), y, ignore_index=-1)
     ref_g = torch.autograd.grad(ref, (x, w))
-    for cache_floats in (64 * 5, 64 * 37, 10**6):  # chunks of 5 rows (the last one 2), one chunk
-        loss = model.linear_cross_entropy(x, w, y, cache_floats)
+    for rows in (5, 37, 128):  # chunks of 5 rows (the last one 2), one chunk, one short chunk
+        loss = model.linear_cross_entropy(x, w, y, cache_floats=64 * rows, min_rows=1)
         assert torch.allclose(loss, ref, atol=1e-6)
         for got, want in zip(torch.autograd.grad(2 * loss, (x, w)), ref_g):  # backward scales by the upstream grad
             assert torch.allclose(got, 2 * want, atol=1e-6)
