@@ -176,9 +176,10 @@ class Transformer(nn.Module):
         """idx (B, T) token ids. Returns (logits, loss), or the final hidden states (B, T, d)
         after the final norm when hidden=True. On a CPU with targets, logits is None: the loss
         comes from linear_cross_entropy, which never forms them all (measured 1.7x faster for
-        the recipe's 2,048 x 8,192 logits; a GPU keeps the plain cross-entropy). If `trace` is a dict, it is filled with each
-        block's output ('act', a list of (B, T, d)) and attention probabilities ('attn', a
-        list of (B, nh, T, T)), which switches attention to the explicit path."""
+        the recipe's 2,048 x 8,192 logits; a GPU keeps the plain cross-entropy). If `trace` is
+        a dict, it is filled with each block's output ('act', a list of (B, T, d)) and attention
+        probabilities ('attn', a list of (B, nh, T, T)), which switches attention to the
+        explicit path."""
         B, T = idx.shape
         assert T <= self.args.block_size, f"sequence of {T} tokens > block_size {self.args.block_size}"
         cos, sin = self.rope_cos[:T], self.rope_sin[:T]  # (T, hd/2)
