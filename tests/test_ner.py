@@ -1,4 +1,4 @@
-"""eval_ner.py: conlleval scoring, the UNER reader, sub-token alignment and an end-to-end probe."""
+"""uner.py and eval_ner.py: conlleval scoring, the UNER reader, sub-token alignment and an end-to-end probe."""
 import json
 import random
 
@@ -7,8 +7,9 @@ import torch
 
 import data
 import eval_ner as ner
+import uner
 from conftest import NAMES, PLACES, THINGS, VERBS, run_train
-from eval_ner import NERError, score, spans
+from uner import NERError, score, spans
 
 
 def f1(gold, pred):
@@ -43,7 +44,7 @@ def test_reader_handles_comments_oth_and_three_columns(tmp_path):
     p = tmp_path / "x.iob2"
     p.write_text("# sent_id = 1\n# text = Anna bor i Oslo\n1\tAnna\tB-PER\t-\tann\n2\tbor\tO\n3\ti\tB-O\n"
                  "4\tOslo\tB-LOC\n\n1\tGoogle\tB-OTH\n2\tSearch\tI-OTH\n")
-    assert ner.read_iob2(p) == [(["Anna", "bor", "i", "Oslo"], ["B-PER", "O", "O", "B-LOC"]),
+    assert uner.read_iob2(p) == [(["Anna", "bor", "i", "Oslo"], ["B-PER", "O", "O", "B-LOC"]),
                                 (["Google", "Search"], ["O", "O"])]
 
 
@@ -53,19 +54,19 @@ def test_reader_names_file_and_line_of_a_malformed_line(tmp_path, line, err):
     p = tmp_path / "x.iob2"
     p.write_text("1\tHej\tO\n" + line)
     with pytest.raises(NERError, match=err):
-        ner.read_iob2(p)
+        uner.read_iob2(p)
 
 
 def test_align_gives_each_kept_word_its_token_span_and_label():
     meta = {"eot_id": 100257, "mask_id": 100277, "unk_id": None, "vocab_map": None}
     tok = data.Tokenizer(meta)
     words, tags = ["Kjeld", "Christensen", "visited", "Copenhagen"], ["B-PER", "I-PER", "O", "B-LOC"]
-    ids, spans_, labels = ner.align(words, tags, tok, max_len=128)
+    ids, spans_, labels = uner.align(words, tags, tok, max_len=128)
     pieces = [len(tok.encode(w if i == 0 else " " + w)) for i, w in enumerate(words)]
     assert max(pieces) > 1 and len(ids) == sum(pieces)
     starts = [sum(pieces[:i]) for i in range(4)]
     assert spans_ == [(s, s + p) for s, p in zip(starts, pieces)] and labels == [1, 2, 0, 5]
-    ids, spans_, labels = ner.align(words, tags, tok, max_len=pieces[0] + 1)  # truncation: a cut word keeps its start
+    ids, spans_, labels = uner.align(words, tags, tok, max_len=pieces[0] + 1)  # truncation: a cut word keeps its start
     assert len(ids) == pieces[0] + 1 and spans_ == [(0, pieces[0]), (pieces[0], pieces[0] + 1)] and labels == [1, 2]
 
 
@@ -137,7 +138,7 @@ def test_full_mode_fine_tunes_the_backbone(ckpt, tmp_path):
                    "--mode", "full", "--epochs", "1", "--lr", "1e-3"])
     before = torch.load(ckpt, weights_only=False)["model"]
     model, tok = ner.load_checkpoint(a.ckpt[0], "cpu")
-    items = ner.encode_set(ner.read_iob2(tmp_path / "uner" / "toy" / "train.iob2"), tok, 128)
+    items = uner.encode_set(uner.read_iob2(tmp_path / "uner" / "toy" / "train.iob2"), tok, 128)
     ner.probe(model, items, [], a, tok.eot, "cpu", 1e-3)
     assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
 
