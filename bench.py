@@ -9,27 +9,25 @@ bfloat16 ("of matmul peak"); on a GPU with a known datasheet peak, MFU too.
     python bench.py ... --json                               # one JSON object instead of the lines
     python bench.py ... --learners                           # meta step ms and memory per inner loop / outer rule
 
-The default episode (32-way, 4 support + 4 query windows of 64 tokens = 16,384 tokens) matches
-the default LM batch (32 x 512 = 16,384 tokens), so the ratio compares equal token counts.
-Target: meta / LM <= 1.3.
+The steps timed are train.py's own (train.train_step, on a run built by train.setup). The
+default smlmt episode takes as many classes as make one LM batch of tokens (21-way x (8 + 4)
+windows of 64 tokens = 16,128 tokens against 32 x 512 = 16,384 at the GPU defaults; the 4-way
+floor at the CPU recipe's 16 x 128), so the ratio compares about equal token counts.
 """
 import argparse
 import json
 import subprocess
 import sys
+import tempfile
 import time
-from contextlib import nullcontext
-from pathlib import Path
 
 import numpy as np
 import torch
 
-import data as datalib
-import episodes as eplib
-import heads
+import config
 import meta as metalib
 import train
-from model import Transformer, count_params, flops_per_token, peak_flops, preset
+from model import count_params, flops_per_token, peak_flops
 
 
 def timed(fn, warmup, steps, device):
@@ -112,6 +110,13 @@ def learners(argv, as_json):
 
 
 def main():
+    try:
+        run_bench()
+    except config.UserError as e:
+        sys.exit(f"bench.py: error: {e}")
+
+
+def run_bench():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 allow_abbrev=False)
     p.add_argument("--data-dir", required=True)
@@ -129,42 +134,25 @@ def main():
     b, rest = p.parse_known_args()
     if b.learners:
         return learners([s for s in sys.argv[1:] if s not in ("--learners", "--json")], b.json)
-    a = train.get_args(["--data-dir", b.data_dir, "--size", b.size, *rest])  # episode and batch flags
-    dmeta = datalib.load_meta(b.data_dir)
-    train_tok, val_tok = datalib.load_bins(b.data_dir, dmeta)
-    tok = {"train": train_tok}
-    a.eval_episodes = 0
-    episodes = eplib.Episodes(a, Path(b.data_dir), dmeta, train_tok, val_tok)
-    torch.manual_seed(0)
-    margs = preset(b.size, dmeta["vocab_size"], a.block_size)
-    model = Transformer(margs).to(b.device)
-    head = heads.make_head(a, margs.d_model, margs.vocab_size).to(b.device)
-    lm_model = train.compile_model(model) if b.compile else model
-    if b.device == "cuda":  # as in train.py
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    opt = torch.optim.AdamW([*model.parameters(), *head.parameters()], lr=1e-4, fused=True)
-    ctx = nullcontext() if b.dtype == "float32" else torch.autocast(b.device, dtype=torch.bfloat16)
+    with tempfile.TemporaryDirectory() as out:  # train.setup writes run.json there; nothing else is kept
+        a = config.get_args(["--data-dir", b.data_dir, "--size", b.size, "--out-dir", out, "--device", b.device,
+                             "--dtype", b.dtype, "--eval-episodes", "0", "--dynamics-every", "0",
+                             *(["--compile"] if b.compile else []), *rest], description=__doc__)  # episode and batch flags
+        device, dtype, ctx = config.hardware(a.device, a.dtype)
+        run = train.setup(a, 0, 1, device, dtype, ctx)
+    return measure(b, a, run)
+
+
+def measure(b, a, run):
+    """Time train.py's own optimiser steps (train.train_step), LM and meta, on this run."""
     pos = {"lm": 0, "meta": 0}
 
-    def lm_step():
-        x, y = train.get_batch(tok["train"], a.batch_size, a.block_size, 0, train.STREAM_LM, pos["lm"], b.device)
-        with ctx:
-            loss = lm_model(x, y)[1]
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        loss.item()
-        pos["lm"] += 1
+    def step(kind):
+        train.train_step(run, a, kind, pos[kind], 0)
+        pos[kind] += 1
 
-    def meta_step():
-        ep = episodes.train_episode(pos["meta"], b.device)
-        with ctx:
-            loss, _ = metalib.meta_step(model, head, ep, a)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        loss.item()
-        pos["meta"] += 1
-
+    lm_step, meta_step = (lambda: step("lm")), (lambda: step("meta"))
+    margs, episodes = run.margs, run.task
     if b.meta_only:
         return print(json.dumps(meta_only(b, meta_step, episodes)))
     total, non_emb = count_params(margs)

@@ -7,10 +7,13 @@ Checkpoints you can trust, and logs that agree with them after a kill.
 - It is written atomically (a temp file, then a rename), and the previous one is kept as
   ckpt.prev.pt. A kill at any moment leaves at least one complete checkpoint: the old one, the
   new one, or (killed between the two renames) the old one under its .prev name.
+- build_model is the one place a decoder is rebuilt from a checkpoint (train.py --resume,
+  eval_ner.py, inspect_episodes.py --score).
 - On --resume, log.jsonl and dynamics.jsonl are cut back to the rows at or before the
   checkpoint's step. The run writes each log row *before* the checkpoint of the same step, so
   rows past the checkpoint are exactly those the resumed run will write again.
 """
+import argparse
 import json
 import random
 import sys
@@ -20,10 +23,8 @@ import numpy as np
 import torch
 
 import data as datalib
-
-
-class CheckpointError(Exception):
-    """A checkpoint that cannot be used; the message names the file and what to do."""
+from config import UserError, check
+from model import ModelArgs, Transformer
 
 
 def prev_path(path):
@@ -35,17 +36,17 @@ def save(path, obj):
 
 
 def read(path):
-    """The checkpoint at path, or a CheckpointError naming it."""
+    """The checkpoint at path, or a UserError naming it."""
     path = Path(path)
     if not path.exists():
-        raise CheckpointError(f"{path} not found")
+        raise UserError(f"{path} not found")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, bad pickle, or a file that wants to run code
-        raise CheckpointError(f"{path} cannot be read safely ({e.__class__.__name__}): it is truncated, corrupt, "
+        raise UserError(f"{path} cannot be read safely ({e.__class__.__name__}): it is truncated, corrupt, "
                               "or was not written by this version of train.py") from None
     if not isinstance(ckpt, dict) or "model_args" not in ckpt:
-        raise CheckpointError(f"{path} is not a train.py checkpoint")
+        raise UserError(f"{path} is not a train.py checkpoint")
     return ckpt
 
 
@@ -53,11 +54,11 @@ def load(path, fallback=True):
     """read(path); if that fails and fallback, the previous checkpoint, saying so."""
     try:
         return read(path)
-    except CheckpointError as e:
+    except UserError as e:
         prev = prev_path(path)
         if not (fallback and prev.exists()):
             hint = f"; try {prev}" if prev.exists() else ""
-            raise CheckpointError(f"{e}{hint}") from None
+            raise UserError(f"{e}{hint}") from None
         ckpt = read(prev)
         print(f"warning: {e}; resuming from {prev} (step {ckpt['step']}) instead", file=sys.stderr)
         return ckpt
@@ -101,3 +102,51 @@ def set_rng_state(s):
     random.setstate(s["python"])
     if "cuda" in s and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(s["cuda"])
+
+
+def build_model(ckpt, device="cpu"):
+    """The decoder a checkpoint holds: its shape from model_args, its weights loaded."""
+    model = Transformer(ModelArgs(**ckpt["model_args"]))
+    model.load_state_dict(ckpt["model"])
+    return model.to(device)
+
+
+# ----------------------------------------------------------------------------- resume
+
+# Flags a resumed run cannot change: the model's shape, the data streams, and what the episode
+# head and the learned step sizes are. All others given again take effect.
+FIXED_ON_RESUME = ("size", "block_size", "seed", "task", "inner_params", "learn_inner_lr")
+
+
+def resume_config(a, out, cut_logs=True):
+    """The checkpoint to resume from, and the run's flags: the saved run's, then those given
+    again now (a new namespace). The logs are cut back to the checkpoint's step (by rank 0 only)."""
+    try:
+        ckpt = load(out / "ckpt.pt")
+    except UserError as e:
+        raise UserError(f"--resume: {e}" + ("; train without --resume first" if "not found" in str(e) else "")) from None
+    saved = ckpt["config"]
+    for k in FIXED_ON_RESUME:
+        if k in a.given and getattr(a, k) != saved.get(k):
+            raise UserError(f"--{k.replace('_', '-')} {getattr(a, k)}: {out / 'ckpt.pt'} was trained with "
+                            f"{saved.get(k)}, which a resumed run cannot change; start a fresh --out-dir")
+    a = check(argparse.Namespace(**{**vars(a), **saved, **{k: getattr(a, k) for k in a.given}, "resume": True}))
+    for name in ("log.jsonl", "dynamics.jsonl") if cut_logs else ():  # rows past the checkpoint will be written again
+        cut_log(out / name, ckpt["step"])
+    print(f"resuming from step {ckpt['step']}")
+    return ckpt, a
+
+
+def load_state(ckpt, model, head, inner, opt, a, out):
+    """The trained weights, episode head, learned step sizes and optimiser state of a checkpoint."""
+    model.load_state_dict(ckpt["model"])
+    try:
+        head.load_state_dict(ckpt["meta_head"])
+        inner.load_state_dict(ckpt.get("inner_lrs", {}))
+        opt.load_state_dict(ckpt["optimizer"])
+        opt.param_groups[0]["weight_decay"] = a.weight_decay  # a --weight-decay given again takes effect
+    except (KeyError, ValueError, RuntimeError):
+        saved = ckpt["config"]
+        raise UserError(f"--resume: {out / 'ckpt.pt'} has another episode head or other learned step sizes (saved "
+                        f"--task {saved.get('task')}, --inner-params {saved.get('inner_params')}, --learn-inner-lr "
+                        f"{saved.get('learn_inner_lr', False)}); resume with those or start a fresh --out-dir") from None

@@ -26,11 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from config import UserError
 from data import fingerprint
-
-
-class CompareError(Exception):
-    """Bad input the user can fix; names the run directory or file."""
 
 
 def read_jsonl(path):
@@ -43,7 +40,7 @@ def read_jsonl(path):
             rows.append(json.loads(line))
         except json.JSONDecodeError:
             if i != lines[-1][0]:
-                raise CompareError(f"{path} line {i} is not JSON; the log is damaged") from None
+                raise UserError(f"{path} line {i} is not JSON; the log is damaged") from None
             print(f"warning: {path} line {i} is torn (the run was killed while writing it); ignored", file=sys.stderr)
     return rows
 
@@ -51,10 +48,10 @@ def read_jsonl(path):
 def load_run(d):
     d = Path(d)
     if not (d / "log.jsonl").exists():
-        raise CompareError(f"{d}: no log.jsonl; is it a train.py --out-dir?")
+        raise UserError(f"{d}: no log.jsonl; is it a train.py --out-dir?")
     log = [r for r in read_jsonl(d / "log.jsonl") if r.get("val_loss") is not None]
     if not log:
-        raise CompareError(f"{d}/log.jsonl: no evaluations logged yet")
+        raise UserError(f"{d}/log.jsonl: no evaluations logged yet")
     dyn = read_jsonl(d / "dynamics.jsonl") if (d / "dynamics.jsonl").exists() else []
     info = json.loads((d / "run.json").read_text()) if (d / "run.json").exists() else {}
     return {"name": d.name, "dir": d, "log": log, "dyn": dyn, "info": info}
@@ -65,7 +62,7 @@ def check_same_data(runs):
     known = [r for r in runs if r["info"].get("data_meta")]
     for r in known[1:]:
         if fingerprint(r["info"]["data_meta"]) != fingerprint(known[0]["info"]["data_meta"]):
-            raise CompareError(f"{r['dir']} was trained on different data than {known[0]['dir']} "
+            raise UserError(f"{r['dir']} was trained on different data than {known[0]['dir']} "
                                "(data meta differs); compare runs on the same prepared data")
 
 
@@ -360,12 +357,12 @@ def main(argv=None):
     a = p.parse_args(argv)
     try:
         if bool(a.runs) == bool(a.arm):
-            raise CompareError("give run directories, or arms with --arm NAME=DIR,DIR,... (not both)")
+            raise UserError("give run directories, or arms with --arm NAME=DIR,DIR,... (not both)")
         arms = []
         for spec in a.arm:
             name, _, dirs = spec.partition("=")
             if not name or not dirs:
-                raise CompareError(f"--arm {spec!r}: write NAME=DIR,DIR,...")
+                raise UserError(f"--arm {spec!r}: write NAME=DIR,DIR,...")
             arms.append((name, [load_run(d) for d in dirs.split(",")]))
         runs = [load_run(d) for d in a.runs] or [r for _, rs in arms for r in rs]
         arms = arms or group_arms(runs)
@@ -375,12 +372,12 @@ def main(argv=None):
         if a.ner:
             files = a.ner.split(",")
             if len(files) != len(runs):
-                raise CompareError(f"--ner: {len(files)} files for {len(runs)} runs; give one per run, in order")
+                raise UserError(f"--ner: {len(files)} files for {len(runs)} runs; give one per run, in order")
             for f in files:
                 if not Path(f).exists():
-                    raise CompareError(f"--ner: {f} not found; write it with eval_ner.py --out")
+                    raise UserError(f"--ner: {f} not found; write it with eval_ner.py --out")
             ner = [json.loads(Path(f).read_text()) for f in files]
-    except (CompareError, ValueError) as e:
+    except (UserError, ValueError) as e:
         sys.exit(f"compare.py: error: {e}")
     text, summary = report(runs, targets, ner)
     if a.arm or any(len(rs) > 1 for _, rs in arms):

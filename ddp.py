@@ -11,23 +11,22 @@ import traceback
 import torch
 import torch.distributed as dist
 
+from config import UserError
 
-def setup(a):
-    """(rank, world size, device). Under torchrun (RANK, WORLD_SIZE and LOCAL_RANK in the
-    environment) each process joins the process group, NCCL on CUDA and gloo on CPU, and uses
-    the GPU numbered LOCAL_RANK. Only rank 0 prints; the others' stdout goes to /dev/null."""
-    device = "cuda" if a.device == "auto" and torch.cuda.is_available() else ("cpu" if a.device == "auto" else a.device)
-    if device == "cuda" and not torch.cuda.is_available():
-        sys.exit("train.py: error: --device cuda: no CUDA device is visible; use --device cpu")
+
+def setup(device):
+    """(rank, world size). Under torchrun (RANK, WORLD_SIZE and LOCAL_RANK in the environment)
+    each process joins the process group, NCCL on CUDA and gloo on CPU, and uses the GPU
+    numbered LOCAL_RANK. Only rank 0 prints; the others' stdout goes to /dev/null."""
     if "WORLD_SIZE" not in os.environ:
-        return 0, 1, device
+        return 0, 1
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     if device == "cuda":
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))  # "cuda" now names this process's GPU
     dist.init_process_group("nccl" if device == "cuda" else "gloo")
     if rank != 0:
         sys.stdout = open(os.devnull, "w")
-    return rank, world, device
+    return rank, world
 
 
 def agree(fn, rank, world, who="all"):
@@ -41,17 +40,17 @@ def agree(fn, rank, world, who="all"):
         if mine:
             try:
                 out = fn()
-            except SystemExit as e:  # our one-line errors
-                err = str(e.code)
+            except UserError as e:  # our one-line errors
+                err = str(e)
             except Exception as e:  # a bug or an OSError: the traceback here, the message on every rank
                 traceback.print_exc()
-                err = f"train.py: error: rank {rank}: {type(e).__name__}: {e}"
+                err = f"rank {rank}: {type(e).__name__}: {e}"
         if world > 1:
             errs = [None] * world
             dist.all_gather_object(errs, err)
             err = next((e for e in errs if e is not None), None)
         if err is not None:
-            sys.exit(err)
+            raise UserError(err)
     return out
 
 

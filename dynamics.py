@@ -48,7 +48,7 @@ def measure(model, x, y):
     with autograd.grad (so no .grad of the training run is touched)."""
     trace = {}
     with torch.enable_grad():
-        _, loss = model(x, y, trace=trace)
+        loss = model(x, y, trace=trace)
         names = [f"layers.{i}.{w}.weight" for i in range(model.args.n_layer) for w in WEIGHTS.values()]
         params = dict(model.named_parameters())
         grads = dict(zip(names, torch.autograd.grad(loss, [params[n] for n in names])))

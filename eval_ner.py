@@ -28,9 +28,10 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import checkpoint
+import config
 import data as datalib
-from model import ModelArgs, Transformer
-from uner import LABELS, NERError, batches, download_uner, encode_set, find_datasets, read_iob2, score
+from config import UserError
+from uner import LABELS, batches, download_uner, encode_set, find_datasets, read_iob2, score
 
 
 # ----------------------------------------------------------------------------- probe
@@ -142,10 +143,9 @@ def select_head_lr(model, train_items, dev_items, a, pad_id, device):
 def load_checkpoint(path, device):
     try:
         ckpt = checkpoint.load(path, fallback=False)  # weights_only: a checkpoint file runs no code
-    except checkpoint.CheckpointError as e:
-        raise NERError(f"--ckpt {e}" + ("; train one first with train.py" if "not found" in str(e) else "")) from None
-    model = Transformer(ModelArgs(**ckpt["model_args"]))
-    model.load_state_dict(ckpt["model"])
+    except UserError as e:
+        raise UserError(f"--ckpt {e}" + ("; train one first with train.py" if "not found" in str(e) else "")) from None
+    model = checkpoint.build_model(ckpt)
     # the trimmed vocabulary's map travels in the checkpoint; older ones point at their data dir
     tok = datalib.Tokenizer(ckpt["data_meta"], ckpt["config"].get("data_dir"), ckpt.get("vocab_map"))
     return model.to(device), tok
@@ -184,20 +184,20 @@ def parse(argv=None):
 def main(argv=None):
     try:
         return run(parse(argv))
-    except (NERError, datalib.DataError) as e:
+    except UserError as e:
         sys.exit(f"eval_ner.py: error: {e}")
 
 
 def run(a):
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if a.device == "auto" else a.device
+    device, _, _ = config.hardware(a.device, "float32")
     if not a.uner_dir and not a.download:
-        raise NERError("say where UNER is: --uner-dir DIR (a local copy) or --download")
+        raise UserError("say where UNER is: --uner-dir DIR (a local copy) or --download")
     sets = find_datasets(download_uner(a.cache_dir) if a.download else a.uner_dir)
     trainable = [c for c, s in sets.items() if "train" in s]
     codes = trainable if a.train == "all" else a.train.split(",")
     for c in codes:
         if c not in trainable:
-            raise NERError(f"--train {c}: no train file for it; choose from {', '.join(trainable)}")
+            raise UserError(f"--train {c}: no train file for it; choose from {', '.join(trainable)}")
     out = []
     for ckpt in a.ckpt:
         dest = None

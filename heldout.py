@@ -3,7 +3,6 @@ What the language model is asked at each eval beyond the val batches (train.py):
 bits per byte of held-out text (--eval-text), and a seeded sample (--sample-prompt).
 """
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 import data as datalib
+from config import UserError
 from model import generate
 
 
@@ -20,13 +20,10 @@ def load_texts(a, tok):
     for f in a.eval_text:
         name = Path(f).name.split(".")[0]
         if name in texts:
-            sys.exit(f"train.py: error: --eval-text {f}: another file is also named {name!r}; rename one")
-        try:
-            texts[name] = datalib.held_out_text(f, tok, tok.meta.get("text_field") or "text")
-        except datalib.DataError as e:
-            sys.exit(f"train.py: error: {e}")
+            raise UserError(f"--eval-text {f}: another file is also named {name!r}; rename one")
+        texts[name] = datalib.held_out_text(f, tok, tok.meta.get("text_field") or "text")
         if len(texts[name][0]) <= a.block_size:
-            sys.exit(f"train.py: error: --eval-text {f} has {len(texts[name][0])} tokens; it needs more than "
+            raise UserError(f"--eval-text {f} has {len(texts[name][0])} tokens; it needs more than "
                      f"--block-size ({a.block_size})")
     return texts
 
@@ -45,7 +42,7 @@ def text_loss(model, text, unk_id, a, device, ctx):
     for i in range(0, len(starts), a.batch_size):
         xy = torch.from_numpy(np.stack([ids[s : s + T + 1] for s in starts[i : i + a.batch_size]])).to(device)  # (B, T+1)
         with ctx:
-            logits = model(xy[:, :-1])[0]  # (B, T, V)
+            logits = model(xy[:, :-1])  # (B, T, V)
         nats += F.cross_entropy(logits.float().flatten(0, 1), xy[:, 1:].flatten(), reduction="sum").item()
         unk += (xy[:, 1:] == unk_id).sum().item() if unk_id is not None else 0
     model.train()

@@ -5,29 +5,31 @@ Look at the episodes before training on them, and score a checkpoint on the fixe
     python inspect_episodes.py --data-dir data/enwiki8k --batch-size 16 --block-size 128 \
         --score --ckpt out/v600/ckpt.pt --sweep-params head,top-1 --sweep-lr 0.3,1,3       # inner-loop sweep
 
-The episode flags are train.py's (meta.add_args), so an episode printed here is the episode a
-run with the same flags and --seed trains on.
+The episode flags are train.py's (config.add_meta_args), so an episode printed here is the
+episode a run with the same flags and --seed trains on.
 """
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
 import checkpoint
+import config
 import data as datalib
-import episodes as eplib
-from heads import make_head
-from meta import add_args, check_args, evaluate, fast_names, make_inner_lrs
-from model import ModelArgs, Transformer, preset
+import meta
+import tasks
+from config import UserError
+from model import Transformer, preset
 
 
-def main(argv=None):
-    """The episode inspector: two decoded training episodes, then a check over many."""
-    p = argparse.ArgumentParser(description="Print two decoded training episodes and check that every window "
-                                "holds its masked word.", allow_abbrev=False)
+def parse(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                allow_abbrev=False)
     p.add_argument("--data-dir", required=True, help="prepared by data.py")
     p.add_argument("--seed", type=int, default=1337, help="the training run's seed (its episode stream)")
+    p.add_argument("--task", default="smlmt", choices=list(config.TASK_DEFAULTS), help="episode kind (see tasks/)")
     p.add_argument("--batch-size", type=int, default=32, help="as in train.py (sets the smlmt default --n-way)")
     p.add_argument("--block-size", type=int, default=512, help="as in train.py (pico rows)")
     p.add_argument("--episodes", type=int, default=100, help="episodes to check")
@@ -37,26 +39,36 @@ def main(argv=None):
     p.add_argument("--eval-episodes", type=int, default=16, help="fixed val episodes for --score (as in train.py)")
     p.add_argument("--sweep-lr", default=None, help="--score: comma-separated inner step sizes to try (a table)")
     p.add_argument("--sweep-params", default=None, help="--score: comma-separated --inner-params values to try")
-    add_args(p)
-    a = p.parse_args(argv)
-    a.eval_episodes = a.eval_episodes if a.score else 0
-    check_args(a, "inspect_episodes.py")
+    config.add_meta_args(p)
+    p.set_defaults(meta=True)  # --learn-inner-lr's step sizes exist here whenever asked for
+    return config.check(config.resolve(p.parse_args(argv)))
+
+
+def main(argv=None):
+    """The episode inspector: two decoded training episodes, then a check over many."""
+    try:
+        inspect(parse(argv))
+    except UserError as e:
+        sys.exit(f"inspect_episodes.py: error: {e}")
+
+
+def inspect(a):
     try:
         dmeta = datalib.load_meta(a.data_dir)
         train_tok, val_tok = datalib.load_bins(a.data_dir, dmeta)
-    except datalib.DataError as e:
-        raise SystemExit(f"inspect_episodes.py: error: --data-dir: {e}")
-    eps = eplib.Episodes(a, Path(a.data_dir), dmeta, train_tok, val_tok)
-    print(eps.describe())
+    except UserError as e:
+        raise UserError(f"--data-dir: {e}") from None
+    task = tasks.make(a, Path(a.data_dir), dmeta, train_tok, val_tok)
+    print(task.describe())
     if a.score:
-        return score(a, eps, dmeta)
+        return score(a, task, dmeta)
     good = n = 0
     for i in range(a.episodes):
-        ep = eps.episode("train", np.random.default_rng([a.seed, eplib.STREAM_META, i]))
+        ep = task.episode("train", np.random.default_rng([a.seed, datalib.STREAM_META, i]))
         if i < 2:
             print(f"\n== training episode {i}")
-            eplib.show(eps, ep)
-        g, m = eplib.check(eps, ep)
+            show(task, ep)
+        g, m = check(task, ep)
         good, n = good + g, n + m
     if a.task == "pico":
         print(f"\nlabels that name their own token (the others are {'ignored' if a.pico_drop_outside else 'class 0'}): "
@@ -65,24 +77,58 @@ def main(argv=None):
         print(f"\nmasked word present in {good}/{n} windows")
 
 
-def score(a, eps, dmeta):
+def check(task, ep, split="train"):
+    """(windows whose masked word is really there, windows): for smlmt, the corpus token at each
+    window's recorded position is the class word and the window shows a mask there; for pico,
+    the labels that name their true token (not clamped to class 0 or ignored)."""
+    a = task.a
+    if a.task == "pico":
+        ys, ts = np.concatenate([ep["ys"], ep["yq"]]), np.concatenate([ep["targets_s"], ep["targets_q"]])
+        return int(sum(y >= 0 and ep["classes"][y] == t for y, t in zip(ys, ts))), len(ys)
+    if a.task == "lm":
+        return 0, 0
+    tokens, types = task.splits[split], ep["types"]
+    good = n = 0
+    for x, y, p, s in ((ep["xs"], ep["ys"], ep["ps"], ep["starts_s"]), (ep["xq"], ep["yq"], ep["pq"], ep["starts_q"])):
+        cls = {int(l): c for c, l in enumerate(ep["ys"][:: a.k_shot])}  # label -> class slot (types order)
+        for xi, yi, pi, si in zip(x, y, p, s):
+            good += int(xi[pi] == task.tok.mask and tokens[si + pi] == types[cls[int(yi)]])
+            n += 1
+    return good, n
+
+
+def show(task, ep):
+    a, dec = task.a, lambda ids: task.tok.decode(ids).replace("\n", " ")
+    if a.task == "pico":
+        words = [dec([t]) for t in ep["classes"]]
+        print(f"classes ({len(words)}): {words}\nsupport positions {ep['ps'].tolist()}, query position {ep['pq'].tolist()}")
+        for b, row in enumerate(ep["xs"][:4]):
+            ys = ep["ys"][b * a.k_shot : (b + 1) * a.k_shot]
+            print(f"  row {b}: {dec(row)!r}\n    support labels {ys.tolist()}, query label {int(ep['yq'][b])}")
+        return
+    if a.task == "lm":
+        for role, x in (("support", ep["xs"]), ("query", ep["xq"])):
+            print(f"{role}:" + "".join(f"\n    {dec(s)!r}" for s in x))
+        return
+    for c, t in enumerate(ep["types"]):
+        label = int(ep["ys"][c * a.k_shot])
+        print(f"class {label}: {dec([t])!r}")
+        for x in np.concatenate([ep["xs"][c * a.k_shot : (c + 1) * a.k_shot], ep["xq"][c * a.n_query : (c + 1) * a.n_query]]):
+            print(f"    {dec(x)!r}")
+
+
+def score(a, task, dmeta):
     torch.manual_seed(a.seed)
-    if a.ckpt:
-        try:
-            ckpt = checkpoint.load(a.ckpt, fallback=False)
-        except checkpoint.CheckpointError as e:
-            raise SystemExit(f"inspect_episodes.py: error: --ckpt {e}")
-        model = Transformer(ModelArgs(**ckpt["model_args"]))
-        model.load_state_dict(ckpt["model"])
-    else:
-        model = Transformer(preset("11m", dmeta["vocab_size"], a.block_size))
-    head = make_head(a, model.args.d_model, model.args.vocab_size)
-    if a.ckpt and ckpt.get("config", {}).get("task") == a.task and "meta_head" in ckpt:
+    ckpt = checkpoint.load(a.ckpt, fallback=False) if a.ckpt else None
+    model = checkpoint.build_model(ckpt) if ckpt else Transformer(preset("11m", dmeta["vocab_size"], a.block_size))
+    head = task.make_head(model.args.d_model, model.args.vocab_size)
+    if ckpt and ckpt.get("config", {}).get("task") == a.task and "meta_head" in ckpt:
         head.load_state_dict(ckpt["meta_head"])  # the trained temperature / pico MLP
-    inner = make_inner_lrs(a, fast_names(model, head, a))
-    if inner and a.ckpt and "inner_lrs" in ckpt and ckpt["inner_lrs"].keys() == inner.state_dict().keys():
+    inner = meta.make_inner_lrs(a, meta.fast_names(model, head, task, a)) if ckpt and ckpt.get("inner_lrs") else {}
+    if inner and ckpt["inner_lrs"].keys() == inner.state_dict().keys():
         inner.load_state_dict(ckpt["inner_lrs"])  # the learned step sizes
-    print(f"{a.ckpt or 'fresh init'} on {len(eps.val)} val episodes, {a.task}, {a.inner_steps} inner steps:\n")
+    episodes = task.val_episodes()
+    print(f"{a.ckpt or 'fresh init'} on {len(episodes)} val episodes, {a.task}, {a.inner_steps} inner steps:\n")
     # The last two columns: each loss at its best single temperature (an oracle fitted on the query
     # labels). When "after" gains nothing there, the inner loop only rescaled the logits.
     print("| inner params | inner lr | query acc before -> after | query loss before -> after | loss after / before "
@@ -90,9 +136,9 @@ def score(a, eps, dmeta):
     print("|---|---|---|---|---|---|")
     for spec in (a.sweep_params or a.inner_params).split(","):
         for lr in (a.sweep_lr.split(",") if a.sweep_lr else [a.inner_lr]):
-            b = argparse.Namespace(**{**vars(a), "inner_params": spec, "inner_lr": float(lr)})
-            check_args(b, "inspect_episodes.py")
-            r = evaluate(model, head, eps.val, b, "cpu", torch.autocast("cpu", enabled=False), inner, temperature=True)
+            b = config.check(argparse.Namespace(**{**vars(a), "inner_params": spec, "inner_lr": float(lr)}))
+            r = meta.evaluate(model, head, task, episodes, b, "cpu", torch.autocast("cpu", enabled=False), inner,
+                              temperature=True)
             lb, la = r["episode_loss_before"], r["episode_loss_after"]
             print(f"| {spec} | {'learned' if inner else lr} | {r['episode_acc_before']:.3f} -> {r['episode_acc_after']:.3f} "
                   f"| {lb:.3f} -> {la:.3f} | {la / lb:.3f} | {r['episode_loss_before_best_t']:.3f} "

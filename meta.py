@@ -1,8 +1,6 @@
 """
 First-order MAML (FOMAML) over self-supervised episodes, mixed into LM pretraining.
 
-    python inspect_episodes.py --data-dir data/enwiki8k [episode flags]   # look at episodes first (or python meta.py ...)
-
 MAML in four lines. An episode has a support set S and a query set Q of the same task.
   inner loop:  phi_0 = theta;  phi_{i+1} = phi_i - alpha * grad L_S(phi_i)     (a few SGD steps)
   outer loss:  L_Q(phi_n): how well the *adapted* weights do on unseen examples of the task
@@ -13,9 +11,11 @@ to theta. Parameters live in dicts and every update is out of place, so
 torch.func.functional_call runs the model with the fast weights while autograd routes
 grad L_Q back onto the originals.
 
-The episode heads (smlmt's ProtoMAML head, pico's MLP, none for lm) are in heads.py.
+Read top to bottom: the algorithm (inner_loop, meta_loss), then the variants, each swapping
+one piece: Meta-SGD's learned step sizes, low-rank deltas (Meta-Learning the Difference),
+Reptile's outer rule. The task (tasks/) says what the support and query sets and the head
+are; this file never looks inside an episode.
 """
-import argparse
 import math
 
 import numpy as np
@@ -23,100 +23,11 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-import episodes as eplib
-from heads import accuracy, ce, episode_fns
 from model import flops_per_token
-
-
-# Inner-loop defaults, chosen by the sweep in the README (python meta.py --score --sweep-lr ...
-# on a 600-step vanilla checkpoint): the step that lowers the val episodes' query loss most
-# without hurting their accuracy.
-INNER_LR = {"smlmt": 2.0, "pico": 0.1, "lm": 0.1}
-INNER_PARAMS = {"smlmt": "head", "pico": "head", "lm": "all"}
-# smlmt: 8 shots, not 4. With 4, the prototypes are already the best head the support set
-# justifies and the inner loop only sharpens the logits: a single temperature beats it (README,
-# the inner loop). With 8, adapting the head beats that temperature.
-K_SHOT = {"smlmt": 8, "pico": 4, "lm": 4}
-
-
-def add_args(p):
-    g = p.add_argument_group("meta-learning")
-    g.add_argument("--meta", action="store_true", help="mix first-order MAML steps into pretraining")
-    g.add_argument("--hybrid-ratio", type=float, default=0.5, help="fraction of steps that are meta steps")
-    g.add_argument("--meta-start", type=int, default=None,
-                   help="LM-only steps before the first meta step (default: half of --max-steps; 0 = the paper's). "
-                        "The coin and the LM stream are unchanged, so LM batches still match the vanilla run's")
-    g.add_argument("--task", default="smlmt", choices=["smlmt", "pico", "lm"], help="episode kind (see episodes.py)")
-    g.add_argument("--n-way", type=int, default=None,
-                   help="classes per episode (smlmt default: as many as make one LM batch of tokens, at most 32, "
-                        "the paper's; pico: 32)")
-    g.add_argument("--k-shot", type=int, default=None,
-                   help="support windows per class (pico: masked support positions; lm: support sequences); default "
-                        + ", ".join(f"{t} {v}" for t, v in K_SHOT.items()))
-    g.add_argument("--n-query", type=int, default=4, help="query windows per class (lm: query sequences; pico: 1 position)")
-    g.add_argument("--episode-len", type=int, default=64, help="tokens per smlmt / lm window (pico uses --block-size)")
-    g.add_argument("--episode-feature", default="before-mask", choices=["before-mask", "mask", "last", "mean"],
-                   help="smlmt: the hidden state that represents a window (before-mask: the position that predicts "
-                        "the masked word)")
-    g.add_argument("--proto-grad", action=argparse.BooleanOptionalAction, default=True,
-                   help="smlmt: let the query gradient flow through the prototype initialisation (fo-Proto-MAML)")
-    g.add_argument("--pico-drop-outside", action="store_true",
-                   help="pico: ignore labels outside the class set instead of clamping them to class 0")
-    g.add_argument("--inner-steps", type=int, default=10, help="SGD steps on the support set")
-    g.add_argument("--inner-lr", type=float, default=None,
-                   help="inner-loop SGD step size (default per task, from the sweep in the README: "
-                        + ", ".join(f"{t} {v}" for t, v in INNER_LR.items()) + "). smlmt: in logit units, see heads.episode_fns")
-    g.add_argument("--learn-inner-lr", action="store_true",
-                   help="first-order Meta-SGD: learn one log step size per adapted tensor, starting at --inner-lr")
-    g.add_argument("--meta-weight", type=float, default=1.0,
-                   help="scale of the query loss in a meta step (the optimiser's moments are shared with LM steps)")
-    g.add_argument("--inner-params", default=None,
-                   help="what adapts: head, top-K (last K blocks + final norm + head) or all (default: "
-                        + ", ".join(f"{t} {v}" for t, v in INNER_PARAMS.items()) + ")")
-    g.add_argument("--inner-rank", type=int, default=0,
-                   help="adapt each adapted backbone matrix W as W + U V of rank R (U from zero, V fixed random "
-                        "directions per episode; MLtD-style low-rank adaptation); 0 = adapt W itself")
-    g.add_argument("--inner-rank-learn-v", action="store_true", help="with --inner-rank: adapt V as well as U")
-    g.add_argument("--outer", default="fomaml", choices=["fomaml", "reptile"],
-                   help="outer rule: first-order MAML (query loss of the adapted weights) or Reptile (move toward "
-                        "the weights adapted on support + query)")
-    g.add_argument("--skip-top-words", type=int, default=100, help="smlmt: skip the N most frequent token types")
-    g.add_argument("--min-word-count", type=int, default=50, help="smlmt: skip token types rarer than this")
-
-
-def check_args(a, prog="train.py"):
-    """Fill the task-dependent defaults and refuse combinations that cannot run."""
-    if a.inner_params is None:
-        a.inner_params = INNER_PARAMS[a.task]
-    if a.inner_lr is None:
-        a.inner_lr = INNER_LR[a.task]
-    if a.k_shot is None:
-        a.k_shot = K_SHOT[a.task]
-    if a.learn_inner_lr and a.inner_lr <= 0:
-        raise SystemExit(f"{prog}: error: --learn-inner-lr learns log step sizes, so --inner-lr must be > 0")
-    spec = a.inner_params
-    if not (spec in ("head", "all") or (spec.startswith("top-") and spec[4:].isdigit())):
-        raise SystemExit(f"{prog}: error: --inner-params {spec!r}: use head, top-K (e.g. top-2) or all")
-    if a.task == "lm" and spec == "head":
-        raise SystemExit(f"{prog}: error: --inner-params head needs --task smlmt or pico (lm has no episode head); "
-                         "use top-K or all")
-    if a.inner_rank < 0 or (a.inner_rank and spec == "head"):
-        raise SystemExit(f"{prog}: error: --inner-rank {a.inner_rank}: a rank >= 1 adapts backbone matrices, so it "
-                         "needs --inner-params top-K or all (0 = full-rank)")
-    if a.inner_rank_learn_v and not a.inner_rank:
-        raise SystemExit(f"{prog}: error: --inner-rank-learn-v needs --inner-rank R >= 1")
-    if a.outer == "reptile" and a.task == "smlmt" and spec == "head":
-        raise SystemExit(f"{prog}: error: --outer reptile moves the weights the inner loop adapts, and smlmt's head is "
-                         "rebuilt from prototypes every episode: use --inner-params top-K or all")
-    if a.outer == "reptile" and (a.inner_steps < 1 or a.inner_lr <= 0):
-        raise SystemExit(f"{prog}: error: --outer reptile moves toward the adapted weights: it needs --inner-steps >= 1 "
-                         "and --inner-lr > 0")
-    if a.outer == "reptile" and a.learn_inner_lr:
-        raise SystemExit(f"{prog}: error: --learn-inner-lr learns step sizes from a query loss, which --outer reptile "
-                         "does not have; use --outer fomaml")
-
+from tasks.common import accuracy, ce, to_device
 
 # ----------------------------------------------------------------------------- the algorithm
+
 
 def inner_loop(support_loss, fast, steps, lr, losses=None):
     """`steps` SGD steps on support_loss, first order: each gradient g_i is taken at detached
@@ -140,8 +51,63 @@ def inner_loop(support_loss, fast, steps, lr, losses=None):
     return {n: w - lrs[n] * total[n] for n, w in fast.items()}
 
 
+def meta_loss(model, head, task, ep, a, inner=None):
+    """One FOMAML episode: adapt on the support set, then the query loss of the adapted weights,
+    whose backward leaves the first-order meta-gradient on the starting weights (the inner
+    steps are detached). The inner loop's torch.autograd.grad calls run here, before any
+    backward of the caller: under DDP they all-reduce nothing. With --outer reptile,
+    reptile_loss instead. Returns the loss and the episode's accuracies."""
+    if a.outer == "reptile":
+        return reptile_loss(model, head, task, ep, a)
+    fast, ep = task.start(model, head, ep, adapted_names(model, a.inner_params))
+    support = lambda f: task.support(model, f, ep)
+    fast = adapt(support, fast, task.units(ep), a, inner if inner is not None else {}, ep.get("seed", 0))
+    logits, y = task.query(model, fast, ep)
+    loss = ce(logits, y)
+    s_acc = None
+    if a.task != "lm":  # support accuracy of the adapted weights (no extra backbone pass for head-only)
+        with torch.no_grad():
+            s_acc = accuracy(*support({n: w.detach() for n, w in fast.items()}))
+    return loss, {"support_acc": s_acc, "query_acc": accuracy(logits.detach(), y)}
+
+
+def adapt(support, fast, units, a, inner, seed=0, losses=None):
+    """The inner loop with its step sizes: learned (inner) or --inner-lr, times the tensor's unit
+    (the task's, e.g. ProtoMAML's logit units). With --inner-rank, the backbone's matrices adapt
+    through low-rank deltas (low_rank); either way the result is the full set of fast weights."""
+    compose = lambda f: f
+    if a.inner_rank:
+        fast, compose = low_rank(fast, a.inner_rank, a.inner_rank_learn_v, seed)
+    lrs = {n: units.get(n, 1.0) * (inner[lr_key(n)].exp() if lr_key(n) in inner else a.inner_lr) for n in fast}
+    return compose(inner_loop(lambda f: ce(*support(compose(f))), fast, a.inner_steps, lrs, losses))
+
+
+def adapted_names(model, spec):
+    """Backbone parameter names the inner loop adapts: none (head), the last K blocks and the
+    final norm (top-K), or every parameter (all)."""
+    names = [n for n, _ in model.named_parameters()]
+    if spec == "head":
+        return []
+    if spec == "all":
+        return names
+    first = model.args.n_layer - int(spec.split("-")[1])
+    return [n for n in names if n == "norm.weight" or (n.startswith("layers.") and int(n.split(".")[1]) >= first)]
+
+
+# ----------------------------------------------------------------------------- variant: Meta-SGD step sizes
+
 def lr_key(name):
     return name.replace(".", "/")  # a ParameterDict key cannot hold dots
+
+
+def fast_names(model, head, task, a):
+    """Every tensor the inner loop adapts: the backbone's (adapted_names, or their U and V with
+    --inner-rank) and the episode head's."""
+    names = adapted_names(model, a.inner_params)
+    if a.inner_rank:
+        matrix = lambda n: model.get_parameter(n).dim() == 2
+        names = [m for n in names for m in ([n + ".U"] + [n + ".V"] * a.inner_rank_learn_v if matrix(n) else [n])]
+    return names + task.head_names(head)
 
 
 def make_inner_lrs(a, names):
@@ -158,16 +124,7 @@ def inner_lrs_now(inner):
     return {k.replace("/", "."): round(v.exp().item(), 6) for k, v in inner.items()}
 
 
-def adapt(support, fast, units, a, inner, seed=0, losses=None):
-    """The inner loop with its step sizes: learned (inner) or --inner-lr, times the tensor's unit.
-    With --inner-rank, the backbone's matrices adapt through low-rank deltas (low_rank); either
-    way the result is the full set of fast weights."""
-    compose = lambda f: f
-    if a.inner_rank:
-        fast, compose = low_rank(fast, a.inner_rank, a.inner_rank_learn_v, seed)
-    lrs = {n: units.get(n, 1.0) * (inner[lr_key(n)].exp() if lr_key(n) in inner else a.inner_lr) for n in fast}
-    return compose(inner_loop(lambda f: ce(*support(compose(f))), fast, a.inner_steps, lrs, losses))
-
+# ----------------------------------------------------------------------------- variant: low-rank deltas
 
 def low_rank(fast, rank, learn_v, seed):
     """Meta-learning the difference (Hou et al. 2022): each adapted backbone matrix W (d_out x d_in)
@@ -198,50 +155,9 @@ def low_rank(fast, rank, learn_v, seed):
     return start, compose
 
 
-def adapted_names(model, spec):
-    """Backbone parameter names the inner loop adapts: none (head), the last K blocks and the
-    final norm (top-K), or every parameter (all)."""
-    names = [n for n, _ in model.named_parameters()]
-    if spec == "head":
-        return []
-    if spec == "all":
-        return names
-    first = model.args.n_layer - int(spec.split("-")[1])
-    return [n for n in names if n == "norm.weight" or (n.startswith("layers.") and int(n.split(".")[1]) >= first)]
+# ----------------------------------------------------------------------------- variant: Reptile's outer rule
 
-
-def fast_names(model, head, a):
-    """Every tensor the inner loop adapts: the backbone's (adapted_names, or their U and V with
-    --inner-rank) and the episode head's."""
-    names = adapted_names(model, a.inner_params)
-    if a.inner_rank:
-        matrix = lambda n: model.get_parameter(n).dim() == 2
-        names = [m for n in names for m in ([n + ".U"] + [n + ".V"] * a.inner_rank_learn_v if matrix(n) else [n])]
-    if a.task == "smlmt":
-        return names + ["head.w", "head.b"]
-    return names + ["head." + n for n, _ in head.named_parameters()] if a.task == "pico" else names
-
-
-def meta_loss(model, head, ep, a, inner=None):
-    """One FOMAML episode: adapt on the support set, then the query loss of the adapted weights,
-    whose backward leaves the first-order meta-gradient on the starting weights (the inner
-    steps are detached). The inner loop's torch.autograd.grad calls run here, before any
-    backward of the caller: under DDP they all-reduce nothing (README, Several processes).
-    With --outer reptile, reptile_loss instead."""
-    if a.outer == "reptile":
-        return reptile_loss(model, head, ep, a)
-    support, fast, query, units = episode_fns(model, head, ep, a, adapted_names(model, a.inner_params))
-    fast = adapt(support, fast, units, a, inner if inner is not None else {}, ep.get("seed", 0))
-    logits, y = query(fast)
-    loss = ce(logits, y)
-    s_acc = None
-    if a.task != "lm":  # support accuracy of the adapted weights (no extra backbone pass for head-only)
-        with torch.no_grad():
-            s_acc = accuracy(*support({n: w.detach() for n, w in fast.items()}))
-    return loss, {"support_acc": s_acc, "query_acc": accuracy(logits.detach(), y)}
-
-
-def reptile_loss(model, head, ep, a):
+def reptile_loss(model, head, task, ep, a):
     """Reptile (Nichol et al. 2018): no query set of its own. The inner loop runs on support and
     query together, phi = theta - lr * sum_i g_i, and the outer gradient of each persistent
     weight it adapted is (theta - phi) / (lr * k), k = --inner-steps. Dividing by the inner
@@ -253,10 +169,11 @@ def reptile_loss(model, head, ep, a):
     is rebuilt from prototypes every episode, so only adapted backbone weights and the pico
     head (persistent parameters) move."""
     with torch.no_grad():  # the prototypes need no graph: no query gradient flows through them here
-        support, fast, query, units = episode_fns(model, head, ep, a, adapted_names(model, a.inner_params))
+        fast, ep = task.start(model, head, ep, adapted_names(model, a.inner_params))
+    units = task.units(ep)
 
     def both(f):  # (logits, targets) of support and query together
-        (ls, ys), (lq, yq) = support(f), query(f)
+        (ls, ys), (lq, yq) = task.support(model, f, ep), task.query(model, f, ep)
         return torch.cat([ls, lq]), torch.cat([ys, yq])
 
     losses = []
@@ -266,21 +183,14 @@ def reptile_loss(model, head, ep, a):
     return surrogate - surrogate.detach() + losses[-1], {"support_acc": None, "query_acc": None}
 
 
-def meta_step(model, head, ep, a, inner=None):
-    """meta_loss and its backward (times --meta-weight): the meta-gradient lands in the .grad of
-    the model's and the head's parameters (and of the learned log step sizes in inner, with
-    --learn-inner-lr). Returns the query loss and the episode's accuracies."""
-    loss, stats = meta_loss(model, head, ep, a, inner)
-    (a.meta_weight * loss).backward()
-    return loss.detach(), stats
-
+# ----------------------------------------------------------------------------- accounting and evaluation
 
 def step_flops(a, margs):
     """FLOPs of one meta step, inner loop included: support forward (features computed once),
     inner steps (backbone forward+backward each unless only the head adapts), query forward +
     backward (and the support backward through the prototypes with --proto-grad). Backwards
-    are counted as full ones, and SMLMT windows at their full length, though heads.features
-    runs them only up to the mask (about 3/4 of it): an upper bound. The episode heads are
+    are counted as full ones, and SMLMT windows at their full length, though the features
+    are computed only up to the mask (about 3/4 of it): an upper bound. The episode heads are
     ignored (tiny)."""
     lm = a.task == "lm"
     if a.task == "pico":
@@ -307,20 +217,21 @@ def best_temperature(pairs):
 
 
 @torch.no_grad()
-def evaluate(model, head, val_episodes, a, device, ctx, inner=None, temperature=False):
-    """Query accuracy and loss on the fixed val episodes before and after the inner loop; with
+def evaluate(model, head, task, episodes, a, device, ctx, inner=None, temperature=False):
+    """Query accuracy and loss on fixed episodes before and after the inner loop; with
     temperature, also each one's loss at its best single temperature (best_temperature)."""
     names = adapted_names(model, a.inner_params)
     out = {"acc_before": [], "acc_after": [], "loss_before": [], "loss_after": []}
     pairs = {"before": [], "after": []}
-    for ep in tqdm(val_episodes, desc="val episodes", leave=False, disable=None):
-        ep = eplib.to_device(ep, device)
+    for ep in tqdm(episodes, desc="val episodes", leave=False, disable=None):
+        ep = to_device(ep, device)
         with ctx:
-            support, fast, query, units = episode_fns(model, head, ep, a, names)  # no_grad: prototypes without a graph
+            fast, ep = task.start(model, head, ep, names)  # no_grad: prototypes without a graph
             with torch.enable_grad():
-                adapted = adapt(support, fast, units, a, inner if inner is not None else {}, ep.get("seed", 0))
+                adapted = adapt(lambda f: task.support(model, f, ep), fast, task.units(ep), a,
+                                inner if inner is not None else {}, ep.get("seed", 0))
             for when, f in (("before", fast), ("after", adapted)):
-                logits, y = query(f)
+                logits, y = task.query(model, f, ep)
                 out[f"acc_{when}"].append(accuracy(logits, y))
                 out[f"loss_{when}"].append(ce(logits, y).item())
                 if temperature:
@@ -330,8 +241,3 @@ def evaluate(model, head, val_episodes, a, device, ctx, inner=None, temperature=
         if p:
             r[f"episode_loss_{when}_best_t"], r[f"episode_t_{when}"] = best_temperature(p)
     return r
-
-
-if __name__ == "__main__":  # python meta.py --data-dir DIR: the episode inspector (inspect_episodes.py)
-    import inspect_episodes
-    inspect_episodes.main()

@@ -173,13 +173,12 @@ class Transformer(nn.Module):
             nn.init.normal_(m.weight, mean=0.0, std=0.02)
 
     def forward(self, idx, targets=None, hidden=False, trace=None):
-        """idx (B, T) token ids. Returns (logits, loss), or the final hidden states (B, T, d)
-        after the final norm when hidden=True. On a CPU with targets, logits is None: the loss
-        comes from linear_cross_entropy, which never forms them all (measured 1.7x faster for
-        the recipe's 2,048 x 8,192 logits; a GPU keeps the plain cross-entropy). If `trace` is
-        a dict, it is filled with each block's output ('act', a list of (B, T, d)) and attention
-        probabilities ('attn', a list of (B, nh, T, T)), which switches attention to the
-        explicit path."""
+        """idx (B, T) token ids. Returns the mean next-token loss when targets (B, T) are given,
+        else the logits (B, T, V); or the final hidden states (B, T, d), after the final norm,
+        when hidden=True. The same answer on every device: how the loss is computed is the
+        loss's business (see next_token_loss). If `trace` is a dict, it is filled with each
+        block's output ('act', a list of (B, T, d)) and attention probabilities ('attn', a list
+        of (B, nh, T, T)), which switches attention to the explicit path."""
         B, T = idx.shape
         assert T <= self.args.block_size, f"sequence of {T} tokens > block_size {self.args.block_size}"
         cos, sin = self.rope_cos[:T], self.rope_sin[:T]  # (T, hd/2)
@@ -195,14 +194,17 @@ class Transformer(nn.Module):
         x = self.norm(x)  # (B, T, d)
         if hidden:
             return x
-        if targets is not None and x.device.type == "cpu":
-            # the (B*T, V) logits never exist at once: see linear_cross_entropy
-            return None, linear_cross_entropy(x.view(B * T, -1), self.lm_head.weight, targets.reshape(B * T))
-        logits = self.lm_head(x)  # (B, T, V)
-        loss = None
         if targets is not None:
-            loss = F.cross_entropy(logits.float().view(B * T, -1), targets.reshape(B * T), ignore_index=-1)
-        return logits, loss
+            return self.next_token_loss(x.view(B * T, -1), targets.reshape(B * T))  # (B*T, d), (B*T,)
+        return self.lm_head(x)  # (B, T, V)
+
+    def next_token_loss(self, x, y):
+        """Mean cross-entropy of the logits x @ W_emb.T against y (-1 ignored). On a CPU the (N, V)
+        logits never exist at once (linear_cross_entropy: measured 1.7x faster for the recipe's
+        2,048 x 8,192 logits); a GPU runs the plain cross-entropy, which it does well."""
+        if x.device.type == "cpu":
+            return linear_cross_entropy(x, self.lm_head.weight, y)
+        return F.cross_entropy(self.lm_head(x).float(), y, ignore_index=-1)  # (N, V) logits
 
 
 class LinearCrossEntropy(torch.autograd.Function):
@@ -259,7 +261,7 @@ def generate(model, idx, n, temperature=0.8, top_k=50, generator=None, vocab_siz
     likely ids below vocab_size (the padded ids above it are never real tokens). No key/value
     cache: at these sizes recomputing is cheap, and the code stays the forward pass."""
     for _ in range(n):
-        logits = model(idx[:, -model.args.block_size:])[0][:, -1, :vocab_size].float() / temperature  # (B, V)
+        logits = model(idx[:, -model.args.block_size:])[:, -1, :vocab_size].float() / temperature  # (B, V)
         if top_k:
             kth = logits.topk(min(top_k, logits.size(-1))).values[:, -1:]  # (B, 1)
             logits = logits.masked_fill(logits < kth, float("-inf"))

@@ -10,6 +10,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from config import UserError
+
 LABELS = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC"]
 LABEL_ID = {t: i for i, t in enumerate(LABELS)}
 UNER = {  # code -> (GitHub repo under UniversalNER/, commit, splits); the 18 UNER v1 datasets
@@ -34,10 +36,6 @@ UNER = {  # code -> (GitHub repo under UniversalNER/, commit, splits); the 18 UN
 }
 
 
-class NERError(Exception):
-    """Bad input the user can fix; the message names the file (and line) or flag."""
-
-
 # ----------------------------------------------------------------------------- data
 
 def read_iob2(path):
@@ -56,12 +54,12 @@ def read_iob2(path):
                 continue
             cols = line.split("\t")
             if len(cols) < 3:
-                raise NERError(f"{path}:{n}: expected tab-separated id, token, tag; got {line[:60]!r}")
+                raise UserError(f"{path}:{n}: expected tab-separated id, token, tag; got {line[:60]!r}")
             tag = cols[2]
             if tag.endswith(("-OTH", "-O")):
                 tag = "O"
             if tag not in LABEL_ID:
-                raise NERError(f"{path}:{n}: unknown tag {tag!r}; expected O or B-/I- with PER, ORG, LOC")
+                raise UserError(f"{path}:{n}: unknown tag {tag!r}; expected O or B-/I- with PER, ORG, LOC")
             words.append(cols[1])
             tags.append(tag)
     if words:
@@ -74,7 +72,7 @@ def find_datasets(uner_dir):
     name (en_ewt's train.draft-0c7ce0d.iob2 in the local copy) is used when no train.iob2 exists."""
     root = Path(uner_dir)
     if not root.is_dir():
-        raise NERError(f"--uner-dir {uner_dir}: no such directory (or pass --download)")
+        raise UserError(f"--uner-dir {uner_dir}: no such directory (or pass --download)")
     found = {}
     for d in sorted(p for p in root.iterdir() if p.is_dir()):
         splits = {}
@@ -85,7 +83,7 @@ def find_datasets(uner_dir):
         if "test" in splits or "train" in splits:
             found[d.name] = splits
     if not found:
-        raise NERError(f"--uner-dir {uner_dir}: no <code>/test.iob2 or train.iob2 found under it")
+        raise UserError(f"--uner-dir {uner_dir}: no <code>/test.iob2 or train.iob2 found under it")
     return found
 
 
@@ -99,7 +97,7 @@ def download_uner(cache):
                     dest.parent.mkdir(parents=True, exist_ok=True)
                     urllib.request.urlretrieve(url, dest.with_suffix(".part"))
                 except OSError as e:
-                    raise NERError(f"cannot download {url} ({e.__class__.__name__}); offline? pass --uner-dir "
+                    raise UserError(f"cannot download {url} ({e.__class__.__name__}); offline? pass --uner-dir "
                                    "with a local copy laid out as DIR/<code>/{train,dev,test}.iob2") from None
                 dest.with_suffix(".part").rename(dest)
     return Path(cache)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import data
-from data import DataError
+from config import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -91,22 +91,22 @@ def test_trimmed_vocabulary_roundtrip(tmp_path, corpus_txt):
 ])
 def test_bad_inputs_raise_one_actionable_error(tmp_path, content, name, err):
     (tmp_path / name).write_text(content)
-    with pytest.raises(DataError, match=err):
+    with pytest.raises(UserError, match=err):
         data.prepare([str(tmp_path / name)], tmp_path / "out")
 
 
 def test_missing_source_and_bad_flags(tmp_path, corpus_txt):
-    with pytest.raises(DataError, match="no such file"):
+    with pytest.raises(UserError, match="no such file"):
         data.prepare([str(tmp_path / "nope.txt")], tmp_path / "out")
-    with pytest.raises(DataError, match="--vocab-size"):
+    with pytest.raises(UserError, match="--vocab-size"):
         data.prepare([str(corpus_txt)], tmp_path / "out", vocab_size=2)
-    with pytest.raises(DataError, match="--val-fraction"):
+    with pytest.raises(UserError, match="--val-fraction"):
         data.prepare([str(corpus_txt)], tmp_path / "out", val_fraction=1.5)
 
 
 def test_unreachable_url_names_it_and_suggests_a_local_source(tmp_path):
     url = "http://127.0.0.1:9/TinyStoriesV2-GPT4-train.txt"  # nothing listens on the discard port
-    with pytest.raises(DataError, match=r"cannot download http://127\.0\.0\.1:9/.*offline\? .*python data.py --source PATH --out-dir DIR"):
+    with pytest.raises(UserError, match=r"cannot download http://127\.0\.0\.1:9/.*offline\? .*python data.py --source PATH --out-dir DIR"):
         data.download(url, cache_dir=tmp_path)
     assert not list(tmp_path.iterdir())  # no half-written file left behind
 

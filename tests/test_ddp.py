@@ -78,17 +78,21 @@ def test_a_bad_flag_on_one_rank_ends_both_ranks_with_one_line(data_dir, tmp_path
     assert "missing" in errs[0][-1] and "Traceback" not in "".join(errs[0] + errs[1])
 
 
-def _count_all_reduces(rank, world, port, result):
-    import heads
+def _count_all_reduces(rank, world, port, data_dir, result):
+    import config
+    import data
+    import tasks
     import train
     from model import Transformer, preset
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     torch.manual_seed(0)
-    a = train.get_args(["--data-dir", "unused", *TINY, "--task", "lm", "--inner-params", "all", "--meta"])
+    a = config.get_args(["--data-dir", data_dir, *TINY, "--task", "lm", "--inner-params", "all", "--meta"])
+    dmeta = data.load_meta(data_dir)
+    task = tasks.make(a, Path(data_dir), dmeta, *data.load_bins(data_dir, dmeta))
     model = Transformer(preset("11m", 256, 32))
-    head = heads.make_head(a, model.args.d_model, model.args.vocab_size)
-    net = torch.nn.parallel.DistributedDataParallel(train.Objective(model, model, head, torch.nn.ParameterDict(), a),
+    head = task.make_head(model.args.d_model, model.args.vocab_size)
+    net = torch.nn.parallel.DistributedDataParallel(train.Objective(model, model, head, torch.nn.ParameterDict(), task, a),
                                                     find_unused_parameters=True)
     calls = []
 
@@ -114,9 +118,9 @@ def _count_all_reduces(rank, world, port, result):
     dist.destroy_process_group()
 
 
-def test_the_inner_loop_all_reduces_nothing_and_the_meta_gradient_is_reduced():
+def test_the_inner_loop_all_reduces_nothing_and_the_meta_gradient_is_reduced(data_dir):
     result = mp.Manager().dict()
-    mp.spawn(_count_all_reduces, args=(2, free_port(), result), nprocs=2, join=True)
+    mp.spawn(_count_all_reduces, args=(2, free_port(), str(data_dir), result), nprocs=2, join=True)
     for rank in (0, 1):
         (lm_calls, meta_calls), same = result[rank]
         assert lm_calls >= 1 and meta_calls == lm_calls  # one pass over the buckets per backward, inner steps none

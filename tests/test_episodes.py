@@ -1,21 +1,22 @@
-"""episodes.py: the SMLMT index, the pico builder, the index cache, and the inspector (inspect_episodes.py)."""
+"""tasks/: the SMLMT index, the pico builder, the index cache, and the inspector (inspect_episodes.py)."""
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import data
-import episodes as eplib
+import config
 import inspect_episodes
-import train
+import tasks
+from tasks.smlmt import occurrence_index
 from conftest import TINY
 
 
 def make(data_dir, *extra):
-    a = train.get_args(["--data-dir", str(data_dir), *TINY, *map(str, extra)])
+    a = config.get_args(["--data-dir", str(data_dir), *TINY, *map(str, extra)])
     dmeta = data.load_meta(data_dir)
     tok = {s: np.memmap(Path(data_dir) / f"{s}.bin", dtype=dmeta["dtype"], mode="r") for s in ("train", "val")}
-    return a, eplib.Episodes(a, Path(data_dir), dmeta, tok["train"], tok["val"]), dmeta
+    return a, tasks.make(a, Path(data_dir), dmeta, tok["train"], tok["val"]), dmeta
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +31,7 @@ def test_occurrence_index_follows_the_order_of_types_not_of_ids():
     rng = np.random.default_rng(0)
     tokens = rng.integers(0, 50, size=5000)
     types = np.array([41, 7, 30, 2, 49, 13])  # deliberately not sorted by id
-    offsets, pos = eplib.occurrence_index(tokens, types)
+    offsets, pos = occurrence_index(tokens, types)
     for j, t in enumerate(types):
         found = pos[offsets[j] : offsets[j + 1]]
         assert (tokens[found] == t).all() and len(found) == (tokens == t).sum()
@@ -42,7 +43,7 @@ def test_full_vocabulary_windows_hold_their_masked_word(full_vocab_dir):
     assert (np.diff(types) < 0).any()  # the fixture really has frequency order != id order
     good = n = 0
     for i in range(20):
-        g, m = eplib.check(eps, eps.episode("train", np.random.default_rng(i)))
+        g, m = inspect_episodes.check(eps, eps.episode("train", np.random.default_rng(i)))
         good, n = good + g, n + m
     assert good == n > 0
 
@@ -66,7 +67,7 @@ def test_index_cache_is_keyed_by_the_data_and_written_atomically(corpus_txt, tmp
     assert len(list(d.glob("smlmt_train_*.npz"))) == 2 and not list(d.glob("*.tmp"))
     assert (eps.index["train"][0] < 64).all()  # not the stale index of the 256-id vocabulary
     for i in range(10):
-        g, m = eplib.check(eps, eps.episode("train", np.random.default_rng(i)))
+        g, m = inspect_episodes.check(eps, eps.episode("train", np.random.default_rng(i)))
         assert g == m
 
 

@@ -5,11 +5,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.func import functional_call
 
-import episodes as eplib
-import heads
 import meta
+from config import UserError
 from conftest import run_train
-from test_meta import setup
+from tasks.common import to_device
+from test_meta import episode_fns, setup
 
 
 def test_low_rank_fast_weights_with_u_zero_are_the_model(data_dir):
@@ -18,9 +18,9 @@ def test_low_rank_fast_weights_with_u_zero_are_the_model(data_dir):
     start, compose = meta.low_rank(params, 3, True, seed=7)
     assert all(not n.endswith(".U") or not w.any() for n, w in start.items())  # U starts at zero
     assert {n for n in start if n.endswith(".U")} == {n + ".U" for n, w in params.items() if w.dim() == 2}
-    x = torch.from_numpy(eps.val[0]["xs"])
+    x = torch.from_numpy(eps.val_episodes()[0]["xs"])
     with torch.no_grad():
-        assert torch.equal(functional_call(model, compose(start), (x,))[0], model(x)[0])
+        assert torch.equal(functional_call(model, compose(start), (x,)), model(x))
 
 
 def numerical_rank(d):
@@ -34,8 +34,8 @@ def test_every_inner_step_changes_a_matrix_by_rank_at_most_r(data_dir, learn_v):
     R = 2
     extra = ["--inner-rank-learn-v"] if learn_v else []
     a, eps, model, _, head = setup(data_dir, "--task", "lm", "--inner-params", "top-1", "--inner-rank", R, *extra)
-    ep = eplib.to_device(eps.val[0], "cpu")
-    support, fast, _, units = heads.episode_fns(model, head, ep, a, meta.adapted_names(model, "top-1"))
+    ep = to_device(eps.val_episodes()[0], "cpu")
+    support, fast, _, units = episode_fns(eps, model, head, ep, meta.adapted_names(model, "top-1"))
     for rank, steps in ((R, 1), (R, 3), (0, 3)):
         a.inner_rank, a.inner_steps = rank, steps
         phi = meta.adapt(support, fast, units, a, {}, ep["seed"])
@@ -74,8 +74,8 @@ def test_reptile_gradient_is_theta_minus_phi_over_the_inner_path(data_dir):
     steps, lr = 2, 0.05
     a, eps, model, _, head = setup(data_dir, "--task", "lm", "--inner-params", "top-1", "--outer", "reptile",
                                    "--inner-steps", steps, "--inner-lr", lr)
-    ep = eplib.to_device(eps.val[0], "cpu")
-    loss, stats = meta.meta_loss(model, head, ep, a)
+    ep = to_device(eps.val_episodes()[0], "cpu")
+    loss, stats = meta.meta_loss(model, head, eps, ep, a)
     loss.backward()
     names = meta.adapted_names(model, "top-1")
     # by hand: plain SGD on next-token loss over support and query together
@@ -83,7 +83,7 @@ def test_reptile_gradient_is_theta_minus_phi_over_the_inner_path(data_dir):
     x, y = torch.cat([ep["xs"], ep["xq"]]), torch.cat([ep["ys"], ep["yq"]])
     for _ in range(steps):
         w = {n: t.requires_grad_() for n, t in phi.items() if n in names}
-        logits = functional_call(model, phi | w, (x,))[0]
+        logits = functional_call(model, phi | w, (x,))
         g = torch.autograd.grad(F.cross_entropy(logits.flatten(0, 1), y.flatten()), list(w.values()))
         phi |= {n: (t - lr * gi).detach() for (n, t), gi in zip(w.items(), g)}
     for n, p in model.named_parameters():
@@ -120,5 +120,5 @@ def test_learner_flags_that_cannot_run_are_refused(data_dir):
                          (["--outer", "reptile"], "--outer reptile"),
                          (["--outer", "reptile", "--task", "lm", "--learn-inner-lr"], "--learn-inner-lr"),
                          (["--outer", "reptile", "--task", "lm", "--inner-steps", 0], "--inner-steps")):
-        with pytest.raises(SystemExit, match=words):
+        with pytest.raises(UserError, match=words):
             setup(data_dir, *flags)

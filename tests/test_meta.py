@@ -1,5 +1,7 @@
 """meta.py and episodes.py: first-order MAML, SMLMT / pico / LM episodes, and the hybrid schedule."""
+from contextlib import nullcontext
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -8,11 +10,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.func import functional_call
 
+import config
 import data
-import episodes as eplib
-import heads
 import meta
+import tasks
 import train
+from config import UserError
+from tasks import smlmt
+from tasks.common import ce, fp32, to_device, use_compile
 from conftest import TINY, run_train
 from model import Transformer, preset
 
@@ -20,14 +25,27 @@ META_FIELDS = {"meta_ms", "meta_steps", "support_acc", "query_acc", "episode_acc
 
 
 def setup(data_dir, *extra):
-    a = train.get_args(["--data-dir", str(data_dir), *TINY, *map(str, extra)])
+    a = config.get_args(["--data-dir", str(data_dir), *TINY, *map(str, extra)])
     dmeta = data.load_meta(data_dir)
     tok = {s: np.memmap(Path(data_dir) / f"{s}.bin", dtype=dmeta["dtype"], mode="r") for s in ("train", "val")}
-    eps = eplib.Episodes(a, Path(data_dir), dmeta, tok["train"], tok["val"])
+    eps = tasks.make(a, Path(data_dir), dmeta, tok["train"], tok["val"])
     torch.manual_seed(0)
     model = Transformer(preset("11m", dmeta["vocab_size"], 32))
-    head = heads.make_head(a, model.args.d_model, model.args.vocab_size)
+    head = eps.make_head(model.args.d_model, model.args.vocab_size)
     return a, eps, model, dmeta, head
+
+
+def episode_fns(task, model, head, ep, names):
+    """(support(fast), starting fast weights, query(fast), units) of an episode, as meta.py uses them."""
+    fast, ep = task.start(model, head, ep, names)
+    return (lambda f: task.support(model, f, ep)), fast, (lambda f: task.query(model, f, ep)), task.units(ep)
+
+
+def meta_step(model, head, task, ep, a, inner=None):
+    """meta.meta_loss and its backward: the meta-gradient lands in .grad."""
+    loss, stats = meta.meta_loss(model, head, task, ep, a, inner)
+    loss.backward()
+    return loss.detach(), stats
 
 
 def test_fomaml_gradient_matches_the_hand_derivation_on_a_linear_model():
@@ -58,10 +76,10 @@ def test_fomaml_gradient_matches_the_hand_derivation_on_a_linear_model():
 def test_inner_loop_lowers_the_support_loss(data_dir):
     for spec in ("head", "top-2"):
         a, eps, model, _, head = setup(data_dir, "--inner-params", spec, "--inner-lr", "0.05")
-        ep = eplib.to_device(eps.val[0], "cpu")
+        ep = to_device(eps.val_episodes()[0], "cpu")
         names = meta.adapted_names(model, spec)
-        support, fast, _, _ = heads.episode_fns(model, head, ep, a, names)
-        support_loss = lambda f: heads.ce(*support(f))
+        support, fast, _, _ = episode_fns(eps, model, head, ep, names)
+        support_loss = lambda f: ce(*support(f))
         # prototypes often fit a tiny support set exactly (loss 0): start from an uninformed head
         fast |= {n: torch.zeros_like(w).requires_grad_() for n, w in fast.items() if n.startswith("head.")}
         before = support_loss(fast).item()
@@ -110,11 +128,11 @@ def test_episode_labels_are_permuted_and_sampler_is_deterministic(data_dir):
 
 def test_lm_episodes_come_from_one_document(data_dir):
     a, eps, model, dmeta, head = setup(data_dir, "--task", "lm")
-    assert a.inner_params == meta.INNER_PARAMS["lm"] != "head"
+    assert a.inner_params == config.TASK_DEFAULTS["lm"][1] != "head"
     ep = eps.episode("train", np.random.default_rng(1))
     assert ep["xs"].shape == (a.k_shot, a.episode_len) and ep["yq"].shape == (a.n_query, a.episode_len)
     assert not (np.concatenate([ep["xs"], ep["xq"]]) == dmeta["eot_id"]).any()
-    loss, stats = meta.meta_step(model, head, eplib.to_device(ep, "cpu"), a)
+    loss, stats = meta_step(model, head, eps, to_device(ep, "cpu"), a)
     assert torch.isfinite(loss) and 0 <= stats["query_acc"] <= 1
     assert model.layers[0].attn.q.weight.grad is not None  # the meta-gradient reaches the backbone
 
@@ -159,29 +177,31 @@ def test_meta_run_logs_every_field(data_dir, tmp_path):
 
 
 def test_bad_meta_flags_are_refused(data_dir):
-    with pytest.raises(SystemExit, match="--inner-params 'top-x'"):
+    with pytest.raises(UserError, match="--inner-params 'top-x'"):
         setup(data_dir, "--inner-params", "top-x")
-    with pytest.raises(SystemExit, match="--inner-params head needs --task smlmt or pico"):
+    with pytest.raises(UserError, match="--inner-params head needs --task smlmt or pico"):
         setup(data_dir, "--task", "lm", "--inner-params", "head")
-    with pytest.raises(SystemExit, match="lower --n-way"):
+    with pytest.raises(UserError, match="lower --n-way"):
         setup(data_dir, "--n-way", 500)
 
 
 def test_default_episode_is_about_one_lm_batch():
-    a = train.get_args([])
-    assert (a.k_shot, a.n_query) == (8, 4) and eplib.default_n_way(a) == 21  # 21 x (8 + 4) x 64 ~ 32 x 512
-    a = train.get_args(["--batch-size", "16", "--block-size", "128"])
-    assert eplib.default_n_way(a) == 4  # 2048 tokens would give 3-way: the floor keeps chance at 1/4
-    assert train.get_args(["--task", "lm"]).k_shot == train.get_args(["--task", "pico"]).k_shot == 4
-    assert eplib.default_n_way(train.get_args(["--task", "pico", "--batch-size", "16"])) == 32  # the released code's
-    assert train.get_args(["--k-shot", "2"]).k_shot == 2
+    a = config.get_args([])
+    assert (a.k_shot, a.n_query) == (8, 4) and a.n_way == 21  # 21 x (8 + 4) x 64 ~ 32 x 512
+    a = config.get_args(["--batch-size", "16", "--block-size", "128"])
+    assert a.n_way == 4  # 2048 tokens would give 3-way: the floor keeps chance at 1/4
+    assert config.get_args(["--task", "lm"]).k_shot == config.get_args(["--task", "pico"]).k_shot == 4
+    assert config.get_args(["--task", "pico", "--batch-size", "16"]).n_way == 32  # the released code's
+    assert config.get_args(["--k-shot", "2"]).k_shot == 2
 
 
 def test_meta_weight_scales_the_meta_gradient(data_dir):
     grads = []
     for w in (1.0, 0.25):
         a, eps, model, _, head = setup(data_dir, "--meta-weight", w)
-        meta.meta_step(model, head, eps.train_episode(0, "cpu"), a)
+        run = SimpleNamespace(world=1, rank=0, task=eps, device="cpu", ctx=nullcontext(),
+                              net=train.Objective(model, model, head, nn.ParameterDict(), eps, a))
+        train.step_grads(run, a, "meta", 0)  # the meta step train.py takes
         grads.append(model.layers[3].mlp.w2.weight.grad.clone())
     assert grads[0].abs().sum() > 0
     assert torch.allclose(grads[1], 0.25 * grads[0], atol=1e-7)
@@ -191,7 +211,7 @@ def test_meta_weight_scales_the_meta_gradient(data_dir):
 
 def test_first_query_loss_is_about_ln_n_at_init(data_dir):
     a, eps, model, _, head = setup(data_dir)
-    losses = [meta.meta_step(model, head, eps.train_episode(i, "cpu"), a)[0].item() for i in range(4)]
+    losses = [meta_step(model, head, eps, eps.train_episode(i, "cpu"), a)[0].item() for i in range(4)]
     # raw squared distances gave 14-43 on enwiki; with the temperature the first losses are of the
     # order of chance (ln N), lower only where the prototypes already classify (this corpus is repetitive)
     assert 0.25 * np.log(a.n_way) < np.mean(losses) < np.log(a.n_way) + 0.3
@@ -205,7 +225,7 @@ def test_features_read_the_requested_position(data_dir):
     rows = torch.arange(len(h))
     want = {"before-mask": h[rows, ep["ps"] - 1], "mask": h[rows, ep["ps"]], "last": h[:, -1], "mean": h.mean(1)}
     for kind, w in want.items():
-        assert torch.allclose(heads.features(model, params, ep["xs"], ep["ps"], kind), w, atol=1e-6), kind
+        assert torch.allclose(smlmt.features(model, params, ep["xs"], ep["ps"], kind), w, atol=1e-6), kind
     assert (ep["xs"][rows, ep["ps"]] == 2).all()  # the mask really sits at ps (mask id 2, trimmed vocab)
 
 
@@ -217,12 +237,12 @@ def test_features_at_the_mask_need_only_the_window_up_to_it(monkeypatch):
     h = model(x, hidden=True)  # (6, 64, d): the whole windows
     rows = torch.arange(6)
     seen = []
-    decoder = heads.decoder
-    monkeypatch.setattr(heads, "decoder", lambda m, prm, xx, **kw: seen.append(xx.shape[1]) or decoder(m, prm, xx, **kw))
+    decoder = smlmt.decoder
+    monkeypatch.setattr(smlmt, "decoder", lambda m, prm, xx, **kw: seen.append(xx.shape[1]) or decoder(m, prm, xx, **kw))
     for kind, want in (("before-mask", h[rows, p - 1]), ("mask", h[rows, p])):
-        assert torch.allclose(heads.features(model, params, x, p, kind), want, atol=1e-5), kind
+        assert torch.allclose(smlmt.features(model, params, x, p, kind), want, atol=1e-5), kind
     assert seen == [48, 48]  # max p = 40: 41 tokens needed, rounded up to 48 of the 64
-    heads.features(model, params, x, torch.tensor([16, 63, 20, 20, 20, 20]), "mask")
+    smlmt.features(model, params, x, torch.tensor([16, 63, 20, 20, 20, 20]), "mask")
     assert seen[-1] == 64
 
 
@@ -232,7 +252,7 @@ def test_query_gradient_flows_through_the_prototypes_only_with_proto_grad(data_d
         a, eps, model, _, head = setup(data_dir, flag)
         ep = eps.train_episode(0, "cpu")
         ep["xq"] = ep["xq"][:, :1].expand_as(ep["xq"]).contiguous()  # queries of one token: no query path to other ids
-        meta.meta_step(model, head, ep, a)
+        meta_step(model, head, eps, ep, a)
         support_only = torch.tensor(sorted(set(ep["xs"].flatten().tolist()) - set(ep["xq"].flatten().tolist())))
         grads[flag] = model.tok_emb.weight.grad[support_only].abs().sum().item()
         assert head["log_scale"].grad is not None and head["log_scale"].grad != 0  # the temperature learns
@@ -244,19 +264,19 @@ def test_head_only_inner_loop_runs_the_backbone_once_per_set(data_dir):
         a, eps, model, _, head = setup(data_dir, "--task", task, "--inner-steps", 5)
         calls = []
         model.layers[0].register_forward_hook(lambda *_: calls.append(1))
-        meta.meta_step(model, head, eps.train_episode(0, "cpu"), a)
+        meta_step(model, head, eps, eps.train_episode(0, "cpu"), a)
         assert len(calls) == 2, task  # support features once (cached for the inner loop and accuracy), query once
 
 
 def test_episode_head_logits_stay_float32_under_bf16_autocast(data_dir):
     a, eps, model, _, head = setup(data_dir)
     ep = eps.train_episode(0, "cpu")
-    support, fast, _, _ = heads.episode_fns(model, head, ep, a, [])
-    f = heads.features(model, dict(model.named_parameters()), ep["xs"], ep["ps"], a.episode_feature).detach()
+    support, fast, _, _ = episode_fns(eps, model, head, ep, [])
+    f = smlmt.features(model, dict(model.named_parameters()), ep["xs"], ep["ps"], a.episode_feature).detach()
     f = f * head["log_scale"].exp().detach() * 30  # large features, as after training: bf16 would be off by units
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        fast = heads.proto_head(f, ep["ys"], a.n_way)
-        with heads.fp32("cpu"):
+        fast = smlmt.proto_head(f, ep["ys"], a.n_way)
+        with fp32("cpu"):
             got = f @ fast["head.w"].T + fast["head.b"]
         logits, _ = support({k: v.detach() for k, v in fast.items()})
     want = f.double() @ fast["head.w"].double().T + fast["head.b"].double()
@@ -270,7 +290,7 @@ def test_meta_start_keeps_the_first_steps_lm_only(data_dir, tmp_path):
                      "--meta", "--meta-start", 4)
     assert late[1]["meta_steps"] == 0 and late[-1]["meta_steps"] > 0
     assert late[1]["val_loss"] == van[1]["val_loss"]  # identical up to the first meta step
-    assert train.get_args(["--max-steps", "600"]).meta_start == 300  # the default: half the run
+    assert config.get_args(["--max-steps", "600"]).meta_start == 300  # the default: half the run
 
 
 @pytest.mark.parametrize("task", ["pico", "smlmt"])
@@ -285,7 +305,7 @@ def test_episode_head_is_checkpointed_and_resumed_exactly(data_dir, tmp_path, ta
     a = torch.load(tmp_path / "full" / "ckpt.pt", weights_only=False)["meta_head"]
     b = torch.load(tmp_path / "half" / "ckpt.pt", weights_only=False)["meta_head"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    init = heads.make_head(train.get_args(["--task", task]), 96, 256).state_dict()
+    init = setup(data_dir, "--task", task)[4].state_dict()
     assert any(not torch.equal(a[k], init[k]) for k in a)  # the outer optimiser trained the head
 
 
@@ -295,10 +315,10 @@ def test_episode_head_is_checkpointed_and_resumed_exactly(data_dir, tmp_path, ta
 def test_no_inner_step_leaves_the_query_exactly_as_before(data_dir, task):
     for flags in (("--inner-steps", 0), ("--inner-lr", 0)):
         a, eps, model, _, head = setup(data_dir, "--task", task, "--inner-params", "top-1", *flags)
-        r = meta.evaluate(model, head, eps.val, a, "cpu", torch.autocast("cpu", enabled=False))
+        r = meta.evaluate(model, head, eps, eps.val_episodes(), a, "cpu", torch.autocast("cpu", enabled=False))
         assert r["episode_loss_after"] == r["episode_loss_before"] and r["episode_acc_after"] == r["episode_acc_before"]
     a, eps, model, _, head = setup(data_dir, "--task", task, "--inner-params", "top-1", "--inner-lr", 0.3)
-    r = meta.evaluate(model, head, eps.val, a, "cpu", torch.autocast("cpu", enabled=False))
+    r = meta.evaluate(model, head, eps, eps.val_episodes(), a, "cpu", torch.autocast("cpu", enabled=False))
     assert r["episode_loss_after"] != r["episode_loss_before"]  # and a real step does change it
 
 
@@ -312,24 +332,24 @@ def test_best_temperature_finds_the_scale_that_calibrates_the_logits():
         pairs.append((z / 3, torch.multinomial(z.softmax(-1), 1, generator=gen).squeeze(1)))
     loss, t = meta.best_temperature(pairs)
     assert 2.6 < t < 3.4
-    assert loss < np.mean([heads.ce(l, y).item() for l, y in pairs]) - 0.05
+    assert loss < np.mean([ce(l, y).item() for l, y in pairs]) - 0.05
 
 
 def test_learned_step_size_gets_the_first_order_meta_sgd_gradient(data_dir):
     # fast = w - exp(log_lr) * sum_i g_i, so d L_Q / d log_lr = -exp(log_lr) * <grad L_Q(phi), sum_i g_i>
     a, eps, model, _, head = setup(data_dir, "--meta", "--task", "lm", "--inner-params", "top-1", "--learn-inner-lr",
                                    "--inner-lr", 0.05, "--inner-steps", 3)
-    inner = meta.make_inner_lrs(a, meta.fast_names(model, head, a))
+    inner = meta.make_inner_lrs(a, meta.fast_names(model, head, eps, a))
     names = meta.adapted_names(model, "top-1")
     assert sorted(k.replace("/", ".") for k in inner) == sorted(names)
     with torch.no_grad():  # give each tensor its own step size, so a mix-up between tensors shows
         for i, p in enumerate(inner.values()):
             p.copy_(torch.tensor(np.log(0.05 * (1 + 0.1 * i))))
     ep = eps.train_episode(0, "cpu")
-    meta.meta_step(model, head, ep, a, inner)
+    meta_step(model, head, eps, ep, a, inner)
 
     params = dict(model.named_parameters())
-    lm_loss = lambda fast, x, y: heads.ce(functional_call(model, {**params, **fast}, (x,))[0], y)
+    lm_loss = lambda fast, x, y: ce(functional_call(model, {**params, **fast}, (x,)), y)
     lr = {n: inner[meta.lr_key(n)].exp().item() for n in names}
     phi = {n: params[n].detach().clone() for n in names}
     total = {n: torch.zeros_like(w) for n, w in phi.items()}
@@ -377,13 +397,13 @@ def test_compiled_decoder_gives_the_eager_meta_step_and_reuses_one_graph(data_di
         for backend in (None, "aot_eager"):
             torch._dynamo.reset()
             torch._dynamo.utils.counters.clear()
-            heads.use_compile(backend)
+            use_compile(backend)
             model.zero_grad(set_to_none=True)
-            loss, _ = meta.meta_step(model, head, ep, a)
+            loss, _ = meta_step(model, head, eps, ep, a)
             grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
             results.append((loss.item(), grads, torch._dynamo.utils.counters["stats"]["unique_graphs"]))
     finally:
-        heads.use_compile(None)  # back to plain functional_call for the other tests
+        use_compile(None)  # back to plain functional_call for the other tests
         torch._dynamo.reset()
     (eager_loss, eager_g, _), (comp_loss, comp_g, graphs) = results
     assert comp_loss == pytest.approx(eager_loss, rel=1e-5)

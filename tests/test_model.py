@@ -61,7 +61,7 @@ def test_causal_future_tokens_do_not_change_the_past():
     x2[:, 10:] = torch.randint(0, 128, (2, 6))
     for explicit in (False, True):
         kw = {"trace": {}} if explicit else {}
-        a, b = m(x, **kw)[0], m(x2, **kw)[0]
+        a, b = m(x, **kw), m(x2, **kw)
         assert torch.allclose(a[:, :10], b[:, :10], atol=1e-5)
         assert not torch.allclose(a[:, 10:], b[:, 10:], atol=1e-3)
 
@@ -77,7 +77,7 @@ def test_gqa_equals_mha_with_repeated_kv_heads():
             sd[k] = v.view(2, hd, 32).repeat_interleave(2, dim=0).reshape(4 * hd, 32)
     mha.load_state_dict(sd)
     x = torch.randint(0, 128, (2, 12))
-    assert torch.allclose(gqa(x)[0], mha(x)[0], atol=1e-5)
+    assert torch.allclose(gqa(x), mha(x), atol=1e-5)
 
 
 def test_fast_and_explicit_attention_agree_and_probs_are_causal():
@@ -85,7 +85,7 @@ def test_fast_and_explicit_attention_agree_and_probs_are_causal():
     m = Transformer(tiny()).eval()
     x = torch.randint(0, 128, (3, 20))
     trace = {}
-    fast, explicit = m(x)[0], m(x, trace=trace)[0]
+    fast, explicit = m(x), m(x, trace=trace)
     assert torch.allclose(fast, explicit, atol=1e-5)
     for p in trace["attn"]:
         assert p.shape == (3, 4, 20, 20)
@@ -101,7 +101,7 @@ def test_hidden_states_are_after_the_final_norm():
     h = m(x, hidden=True)
     assert h.shape == (2, 8, 32)
     assert torch.allclose(h.pow(2).mean(-1), torch.ones(2, 8), atol=1e-2)  # RMSNorm with unit gain (eps aside)
-    assert torch.allclose(m.lm_head(h), m(x)[0], atol=1e-5)
+    assert torch.allclose(m.lm_head(h), m(x), atol=1e-5)
 
 
 def test_functional_call_with_own_params_equals_forward():
@@ -109,8 +109,8 @@ def test_functional_call_with_own_params_equals_forward():
     m = Transformer(tiny()).eval()
     x, y = torch.randint(0, 128, (2, 10)), torch.randint(0, 128, (2, 10))
     params = dict(m.named_parameters())
-    assert torch.equal(functional_call(m, params, (x, y))[1], m(x, y)[1])
-    assert torch.equal(functional_call(m, params, (x,))[0], m(x)[0])
+    assert torch.equal(functional_call(m, params, (x, y)), m(x, y))
+    assert torch.equal(functional_call(m, params, (x,)), m(x))
     h = functional_call(m, params, (x,), {"hidden": True})
     assert torch.equal(h, m(x, hidden=True))
 
@@ -119,7 +119,7 @@ def test_loss_at_init_is_near_uniform():
     torch.manual_seed(0)
     m = Transformer(tiny())
     x = torch.randint(0, 128, (4, 16))
-    loss = m(x, torch.randint(0, 128, (4, 16)))[1].item()  # targets unrelated to inputs
+    loss = m(x, torch.randint(0, 128, (4, 16))).item()  # targets unrelated to inputs
     assert abs(loss - torch.log(torch.tensor(128.0)).item()) < 0.3
 
 
@@ -173,10 +173,10 @@ def test_cpu_loss_and_gradients_under_bf16_autocast_stay_near_float32(monkeypatc
     sdpa = F.scaled_dot_product_attention
     monkeypatch.setattr(F, "scaled_dot_product_attention",
                         lambda q, *r, **kw: seen.append((q.dtype, torch.is_autocast_enabled("cpu"))) or sdpa(q, *r, **kw))
-    loss32 = m(x, y)[1]
+    loss32 = m(x, y)
     g32 = torch.autograd.grad(loss32, list(m.parameters()))
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        loss16 = m(x, y)[1]
+        loss16 = m(x, y)
     g16 = torch.autograd.grad(loss16, list(m.parameters()))
     assert seen[-1] == (torch.float32, False)  # the CPU attention kernel runs in float32 even under autocast
     assert loss16.dtype == torch.float32 and abs(loss16.item() - loss32.item()) < 0.01

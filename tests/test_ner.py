@@ -9,7 +9,8 @@ import data
 import eval_ner as ner
 import uner
 from conftest import NAMES, PLACES, THINGS, VERBS, run_train
-from uner import NERError, score, spans
+from config import UserError
+from uner import score, spans
 
 
 def f1(gold, pred):
@@ -53,7 +54,7 @@ def test_reader_handles_comments_oth_and_three_columns(tmp_path):
 def test_reader_names_file_and_line_of_a_malformed_line(tmp_path, line, err):
     p = tmp_path / "x.iob2"
     p.write_text("1\tHej\tO\n" + line)
-    with pytest.raises(NERError, match=err):
+    with pytest.raises(UserError, match=err):
         uner.read_iob2(p)
 
 

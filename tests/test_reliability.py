@@ -13,11 +13,13 @@ import pytest
 import torch
 
 import checkpoint
+import config
 import compare
 import data
 import eval_ner
 import inspect_episodes
 import train
+from config import UserError
 from conftest import TINY, run_train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,10 +101,10 @@ def _saved(d, obj):
 def test_unreadable_checkpoints_are_one_line_errors(data_dir, tmp_path):
     bad = tmp_path / "ckpt.pt"
     bad.write_bytes(b"PK\x03\x04 not really a zip")
-    with pytest.raises(eval_ner.NERError, match=r"ckpt.pt cannot be read safely .*truncated, corrupt"):
+    with pytest.raises(UserError, match=r"ckpt.pt cannot be read safely .*truncated, corrupt"):
         eval_ner.load_checkpoint(bad, "cpu")
     torch.save({"model_args": {}, "evil": np.arange(3)}, bad)  # needs numpy's unpickler: refused, not run
-    with pytest.raises(checkpoint.CheckpointError, match="cannot be read safely"):
+    with pytest.raises(UserError, match="cannot be read safely"):
         checkpoint.load(bad)
     with pytest.raises(SystemExit, match="--resume: .*ckpt.pt not found; train without --resume first"):
         run_train(data_dir, tmp_path / "none", "--resume")
@@ -128,7 +130,7 @@ def test_fingerprint_covers_the_split(corpus_txt, tmp_path):
 
 
 def test_abbreviated_flags_are_refused_by_every_command(capsys):
-    for parse in (train.get_args, eval_ner.parse, data.main, compare.main, inspect_episodes.main):
+    for parse in (config.get_args, eval_ner.parse, data.main, compare.main, inspect_episodes.main):
         with pytest.raises(SystemExit) as e:
             parse(["--max-step", "8"])
         assert e.value.code == 2, parse
@@ -161,7 +163,7 @@ def test_compare_drops_a_torn_last_line_and_names_a_damaged_one(tmp_path, capsys
     assert compare.read_jsonl(p) == [{"step": 0, "val_loss": 9}]
     assert "log.jsonl line 2 is torn" in capsys.readouterr().err
     p.write_text('{"step": 0, "val_l\n{"step": 5, "val_loss": 9}\n')
-    with pytest.raises(compare.CompareError, match="log.jsonl line 1 is not JSON"):
+    with pytest.raises(UserError, match="log.jsonl line 1 is not JSON"):
         compare.read_jsonl(p)
 
 

@@ -4,6 +4,7 @@ import argparse
 import pytest
 import torch
 
+import config
 import train
 from conftest import run_train
 
@@ -88,7 +89,7 @@ def test_resume_refuses_data_prepared_with_another_vocabulary(data_dir, corpus_t
 
 
 def test_flags_given_again_are_named_by_their_dest():
-    a = train.get_args(["--no-proto-grad", "--max-steps=9", "--meta"])
+    a = config.get_args(["--no-proto-grad", "--max-steps=9", "--meta"])
     assert a.given == {"proto_grad", "max_steps", "meta"} and a.proto_grad is False
 
 
@@ -132,4 +133,4 @@ def test_generate_is_seeded_and_stays_within_the_block():
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert (draw(3, vocab_size=5)[:, 12:] < 5).all()  # ids above the real vocabulary are never drawn
     greedy = generate(m, prompt, 1, temperature=1.0, top_k=1)  # top-1: the argmax, whatever the dice
-    assert torch.equal(greedy[:, -1], m(prompt[:, -8:])[0][:, -1].argmax(-1))
+    assert torch.equal(greedy[:, -1], m(prompt[:, -8:])[:, -1].argmax(-1))

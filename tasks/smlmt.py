@@ -1,0 +1,195 @@
+"""
+smlmt: subset-masked LM (Bansal et al. 2020) with a ProtoMAML head (Triantafillou et al. 2020).
+
+Episode: N word types; K support + Q query windows that contain each; the type is replaced by
+a mask id in its windows; classify which of the N words was masked. Every window has its
+word, by construction (inspect_episodes.py checks).
+
+Head: a linear head w_c = 2 mu_c, b_c = -|mu_c|^2 from the support prototypes, so logits =
+-|h - mu_c|^2 up to a per-example constant. The features are scaled by a learned temperature
+exp(log_scale), initialised so that |h|^2 ~ 1: raw squared distances between RMS-normalised
+states are O(d), which made the first query losses 14-43 and taught the backbone to shrink
+every feature (the collapse). As in Meta-Dataset's fo-Proto-MAML, the query gradient also
+flows through the prototypes (--proto-grad); only the inner-loop gradients are constants.
+"""
+import hashlib
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+from tqdm import tqdm
+
+import data as datalib
+from config import UserError
+from tasks.common import Task, decoder, fp32, with_backbone
+
+
+class SMLMT(Task):
+    def __init__(self, a, data_dir, dmeta, train_tok, val_tok):
+        super().__init__(a, data_dir, dmeta, train_tok, val_tok)
+        self.index = {}
+        for s in self.splits:
+            types, offsets, pos = smlmt_index(data_dir, dmeta, a, self.splits, self.tok, s)
+            ok = np.flatnonzero(np.diff(offsets) >= a.k_shot + a.n_query)  # enough windows for an episode
+            if len(ok) < a.n_way:
+                raise UserError(f"{data_dir}/{s}.bin has only {len(ok)} word types with >= {a.k_shot + a.n_query} "
+                                f"occurrences; lower --n-way ({a.n_way}), --k-shot, --min-word-count or "
+                                "--skip-top-words, or prepare a larger corpus")
+            self.index[s] = (types, offsets, pos, ok)
+
+    def episode(self, split, rng):
+        """N classes x (K + Q) windows of L tokens; each window holds its class's word at position
+        p (between L/4 and 3L/4 when the corpus allows), and every occurrence of the word is masked."""
+        a, tokens, mask = self.a, self.splits[split], self.tok.mask
+        types, offsets, pos, ok = self.index[split]
+        L, n_per = a.episode_len, a.k_shot + a.n_query
+        chosen = rng.choice(ok, a.n_way, replace=False)
+        labels = rng.permutation(a.n_way)  # fresh label order each episode: nothing to memorise
+        windows = np.empty((a.n_way, n_per, L), dtype=np.int64)  # (N, K+Q, L)
+        where = np.empty((a.n_way, n_per), dtype=np.int64)  # (N, K+Q) position of the sampled occurrence
+        starts = np.empty((a.n_way, n_per), dtype=np.int64)
+        for c, j in enumerate(chosen):
+            occ = pos[offsets[j] : offsets[j + 1]]
+            for w, p in enumerate(rng.choice(occ, n_per, replace=False)):
+                start = int(np.clip(p - rng.integers(L // 4, 3 * L // 4), 0, len(tokens) - L))
+                win = np.asarray(tokens[start : start + L], dtype=np.int64)
+                win[win == types[j]] = mask
+                windows[c, w], where[c, w], starts[c, w] = win, p - start, start
+        y = np.repeat(labels, n_per).reshape(a.n_way, n_per)  # (N, K+Q)
+        k = a.k_shot
+        flat = lambda t: t.reshape(-1, *t.shape[2:])  # (N, k, ...) -> (N*k, ...)
+        return {"xs": flat(windows[:, :k]), "ys": flat(y[:, :k]), "ps": flat(where[:, :k]),
+                "xq": flat(windows[:, k:]), "yq": flat(y[:, k:]), "pq": flat(where[:, k:]),
+                "types": types[chosen], "starts_s": flat(starts[:, :k]), "starts_q": flat(starts[:, k:])}
+
+    # ------------------------------------------------------------------------- the head
+
+    def make_head(self, d_model, vocab_size):
+        # |h|^2 ~ d after the final RMSNorm; exp(log_scale) = 1/sqrt(d) makes it ~1
+        return nn.ParameterDict({"log_scale": nn.Parameter(torch.tensor(-0.5 * math.log(d_model)))})
+
+    def head_names(self, head):
+        return ["head.w", "head.b"]  # rebuilt from prototypes every episode
+
+    def start(self, model, head, ep, names):
+        """The prototypes' head and the adapted backbone tensors. The support features are
+        computed once here (with a graph under --proto-grad, so the query gradient reaches the
+        backbone through the prototypes) and cached in the episode for the inner loop."""
+        scale = head["log_scale"].exp()
+        params = dict(model.named_parameters())
+        with torch.set_grad_enabled(self.a.proto_grad and torch.is_grad_enabled()):
+            fs = features(model, params, ep["xs"], ep["ps"], self.a.episode_feature) * scale  # (N*K, d), scaled
+        fast = {n: params[n] for n in names} | proto_head(fs, ep["ys"], self.a.n_way)
+        return fast, ep | {"fs": fs, "scale": scale, "adapts_backbone": bool(names)}
+
+    def support(self, model, fast, ep):  # head only: the cached features, no backbone pass
+        if not ep["adapts_backbone"]:
+            return logits(ep["fs"].detach(), fast), ep["ys"]
+        f = features(model, with_backbone(model, fast), ep["xs"], ep["ps"], self.a.episode_feature)
+        return logits(f * ep["scale"].detach(), fast), ep["ys"]
+
+    def query(self, model, fast, ep):
+        f = features(model, with_backbone(model, fast), ep["xq"], ep["pq"], self.a.episode_feature)
+        return logits(f * ep["scale"], fast), ep["yq"]
+
+    def units(self, ep):
+        # The step in logit units. A step dw on the head weights moves a logit by f.dw, and the
+        # gradient is itself proportional to f, so plain SGD moves logits by lr * |f|^2: a step
+        # that shrinks or explodes as the learned temperature changes |f|. Dividing by the
+        # support features' mean |f|^2 makes --inner-lr the size of the logit change.
+        return {"head.w": 1.0 / ep["fs"].detach().pow(2).sum(1).mean()}
+
+    # ------------------------------------------------------------------------- accounting
+
+    def tokens_per_episode(self):
+        a = self.a
+        return (a.k_shot + a.n_query) * a.n_way * a.episode_len
+
+    def shape(self):
+        a = self.a
+        return (f"smlmt {a.n_way}-way {a.k_shot}-shot {a.n_query}-query, windows of {a.episode_len} tokens, "
+                f"{len(self.index['train'][3]):,} eligible word types, feature {a.episode_feature}")
+
+
+def proto_head(feats, labels, n_way):
+    """ProtoMAML init: a linear head equal to the negative squared distance to each prototype
+    (up to a per-example constant): -|h - mu|^2 = 2 mu.h - |mu|^2 - |h|^2."""
+    mu = torch.zeros(n_way, feats.shape[1], device=feats.device, dtype=feats.dtype)
+    mu = mu.index_add(0, labels, feats) / torch.bincount(labels, minlength=n_way).unsqueeze(1)  # (N, d)
+    return {"head.w": 2 * mu, "head.b": -(mu * mu).sum(1)}
+
+
+def logits(f, fast):
+    with fp32(f.device):
+        return f @ fast["head.w"].T + fast["head.b"]  # (n, N)
+
+
+def features(model, params, x, p, kind):
+    """One hidden state per window, after the final norm, in float32."""
+    if kind in ("mask", "before-mask"):
+        # the decoder is causal, so the state at p (or p - 1) never sees the tokens after p:
+        # the windows can end there. SMLMT puts p in [L/4, 3L/4), so this drops about a
+        # quarter of every window. Rounded up to 16 tokens so that --compile sees few shapes
+        x = x[:, : min(x.shape[1], -(-(int(p.max()) + 1) // 16) * 16)]  # (n, L') with L' > max p
+    h = decoder(model, params, x, hidden=True)  # (n, L', d)
+    rows = torch.arange(len(x), device=x.device)
+    if kind == "last":  # the only position that has seen the whole window
+        f = h[:, -1]
+    elif kind == "mean":
+        f = h.mean(1)
+    elif kind == "mask":  # has seen the mask and the left context
+        f = h[rows, p]
+    else:  # before-mask: the state the LM uses to predict the (masked) word
+        f = h[rows, (p - 1).clamp(min=0)]
+    return f.float()  # (n, d)
+
+
+# ----------------------------------------------------------------------------- the word index
+
+def word_types(tok, counts, skip_top, min_count):
+    """Token ids in the frequency band that look like words (alphabetic after a leading space),
+    most frequent first."""
+    order = np.argsort(-counts, kind="stable")
+    band = [i for i in order[skip_top:] if counts[i] >= min_count]
+    return np.array([i for i in band if i not in (tok.eot, tok.mask, tok.unk)
+                     and tok.decode([i]).removeprefix(" ").isalpha()], dtype=np.int64)
+
+
+def occurrence_index(tokens, types):
+    """CSR index: positions[offsets[j]:offsets[j+1]] are the positions of token types[j], for
+    `types` in any order (word_types gives frequency order, not id order)."""
+    rank = np.full(max(int(tokens.max()), int(types.max(initial=0))) + 1, -1, dtype=np.int64)
+    rank[types] = np.arange(len(types))  # id -> its index in `types`
+    r = rank[tokens]
+    pos = np.flatnonzero(r >= 0)
+    pos = pos[np.argsort(r[pos], kind="stable")]  # grouped in the order of `types`, ascending within
+    offsets = np.concatenate([[0], np.cumsum(np.bincount(r[r >= 0], minlength=len(types)))])
+    return offsets, pos
+
+
+def cache_key(dmeta, a):
+    """The SMLMT index depends on the exact tokens (fingerprint and split sizes) and the band."""
+    what = [datalib.fingerprint(dmeta), dmeta.get("train_tokens"), dmeta.get("val_tokens"),
+            dmeta.get("val_fraction"), dmeta.get("text_field"), a.skip_top_words, a.min_word_count]
+    return hashlib.sha256(json.dumps(what, default=str).encode()).hexdigest()[:16]
+
+
+def smlmt_index(data_dir, dmeta, a, splits, tok, split):
+    """(types, offsets, positions) of a split, cached beside the bins."""
+    cache = Path(data_dir) / f"smlmt_{split}_{cache_key(dmeta, a)}.npz"
+    if cache.exists():
+        z = np.load(cache)
+        return z["types"], z["offsets"], z["pos"]
+    counts = np.bincount(np.asarray(splits["train"]), minlength=dmeta["vocab_size"])
+    types = word_types(tok, counts, a.skip_top_words, a.min_word_count)
+    with tqdm(total=1, desc=f"SMLMT index ({split})", leave=False, disable=None) as bar:
+        offsets, pos = occurrence_index(np.asarray(splits[split]), types)
+        bar.update()
+    datalib.write_atomic(cache, lambda f: np.savez(f, types=types, offsets=offsets, pos=pos))
+    return types, offsets, pos
+
+
+TASK = SMLMT
