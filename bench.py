@@ -136,7 +136,7 @@ def run_bench():
         return learners([s for s in sys.argv[1:] if s not in ("--learners", "--json")], b.json)
     with tempfile.TemporaryDirectory() as out:  # train.setup writes run.json there; nothing else is kept
         a = config.get_args(["--data-dir", b.data_dir, "--size", b.size, "--out-dir", out, "--device", b.device,
-                             "--dtype", b.dtype, "--eval-episodes", "0", "--dynamics-every", "0",
+                             "--dtype", b.dtype, "--eval-episodes", "0", "--dynamics-every", "0", "--meta", "--recipe", "paper",
                              *(["--compile"] if b.compile else []), *rest], description=__doc__)  # episode and batch flags
         device, dtype, ctx = config.hardware(a.device, a.dtype)
         run = train.setup(a, 0, 1, device, dtype, ctx)

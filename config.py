@@ -32,7 +32,22 @@ TASK_DEFAULTS = {
     "pico":  (0.1,      "head",       4,      32),  # the released trainer's 32 classes
     "lm":    (0.1,      "all",        4,      None),
 }
-DEFAULT_DATA_DIR = "data/tinystories"
+
+# The machine chooses the shape. --recipe auto runs the paper's GPU shapes (the flags' own
+# defaults) on a GPU, and on a CPU, when no shape flag is given, this recipe: a trimmed
+# vocabulary, a small batch and a few hundred steps, which finish in minutes on 2 cores (the
+# README's quick start). A flag typed on the command line always wins over the recipe.
+CPU_RECIPE = {"batch_size": 16, "block_size": 128, "max_steps": 300, "lr": 2e-3, "warmup_steps": 30,
+              "eval_every": 50}
+CPU_VOCAB = 8192  # the embedded corpus is prepared with the 8,192 most frequent ids under the CPU recipe
+SHAPE_FLAGS = ("batch_size", "block_size", "max_steps", "grad_accum")  # any of these typed: no CPU recipe
+DEFAULT_DATA_DIR = {"paper": "data/tinystories", "cpu": f"data/tinyshakespeare{CPU_VOCAB // 1024}k"}
+
+# Counts that must be at least 1, or at least 0 (where 0 has a documented meaning).
+POSITIVE = ("batch_size", "block_size", "max_steps", "grad_accum", "eval_every", "eval_batches", "log_every",
+            "n_way", "k_shot", "n_query", "episode_len", "min_word_count")
+NON_NEGATIVE = ("eval_episodes", "sample_tokens", "save_every", "dynamics_every", "warmup_steps", "decay_steps",
+                "meta_start", "inner_steps", "skip_top_words", "inner_rank")
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -41,8 +56,9 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
 
 def add_train_args(p):
     g = p.add_argument_group("a first run needs only these")
-    g.add_argument("--data-dir", default=None, help=f"prepared by data.py (default: {DEFAULT_DATA_DIR}, TinyStories, "
-                                                    "made if missing)")
+    g.add_argument("--data-dir", default=None, help="prepared by data.py (default: TinyStories in data/tinystories, "
+                                                    "made if missing; the embedded corpus, corpus/, under the CPU "
+                                                    "recipe or when TinyStories cannot be downloaded)")
     g.add_argument("--out-dir", default="out", help="ckpt.pt, log.jsonl and dynamics.jsonl go here")
     g.add_argument("--size", default="11m", choices=list(PRESETS), help="pico-decoder preset")
     g.add_argument("--meta", action="store_true", help="mix first-order MAML steps into pretraining")
@@ -53,6 +69,11 @@ def add_train_args(p):
                    help="auto: bfloat16 autocast on GPUs that support it, else float32")
     g.add_argument("--seed", type=int, default=1337, help="seeds the init and every data stream")
     g.add_argument("--resume", action="store_true", help="continue from OUT/ckpt.pt (flags given again override)")
+    g.add_argument("--recipe", default="auto", choices=["auto", "cpu", "paper"],
+                   help="auto: the paper's GPU shapes on a GPU; on a CPU with no shape flag (--batch-size, --block-size, "
+                        "--max-steps, --grad-accum), the CPU recipe: " + ", ".join(
+                            f"--{k.replace('_', '-')} {v}" for k, v in CPU_RECIPE.items())
+                        + f" and a {CPU_VOCAB:,}-id vocabulary, minutes on 2 cores. paper: the defaults shown here")
     g = p.add_argument_group("research knobs: optimisation")
     g.add_argument("--batch-size", type=int, default=32, help="sequences per LM micro-batch (per process)")
     g.add_argument("--grad-accum", type=int, default=1,
@@ -137,11 +158,25 @@ def default_n_way(task, k_shot, n_query, episode_len, batch_size, block_size):
     return int(min(32, max(4, round(batch_size * block_size / per_class))))
 
 
-def resolve(a):
-    """A new namespace with the per-task defaults (and the other defaults that depend on
-    flags) filled in; a is left as it was."""
-    inner_lr, inner_params, k_shot, _ = TASK_DEFAULTS[a.task]
+def recipe(a, given):
+    """"cpu" or "paper": which shapes a run takes (see CPU_RECIPE)."""
+    if getattr(a, "recipe", "paper") != "auto":
+        return getattr(a, "recipe", "paper")
+    on_cpu = a.device == "cpu" or (a.device == "auto" and not torch.cuda.is_available())
+    return "cpu" if on_cpu and not given & set(SHAPE_FLAGS) else "paper"
+
+
+def resolve(a, given=()):
+    """A new namespace with the recipe, the per-task defaults and the other defaults that depend
+    on flags filled in (flags in `given`, typed on the command line, are kept); a is left as it was."""
     r = argparse.Namespace(**vars(a))
+    if "recipe" in a:
+        r.recipe = recipe(a, set(given))
+        for k, v in (CPU_RECIPE.items() if r.recipe == "cpu" else ()):
+            if k not in given:
+                setattr(r, k, v)
+        a = argparse.Namespace(**vars(r))  # the defaults below depend on the recipe's shapes
+    inner_lr, inner_params, k_shot, _ = TASK_DEFAULTS[a.task]
     r.inner_lr = inner_lr if a.inner_lr is None else a.inner_lr
     r.inner_params = inner_params if a.inner_params is None else a.inner_params
     r.k_shot = k_shot if a.k_shot is None else a.k_shot
@@ -150,15 +185,19 @@ def resolve(a):
     if getattr(a, "max_steps", None) is not None and a.meta_start is None:
         r.meta_start = a.max_steps // 2  # meta steps from scratch hold the LM on the unigram plateau (results/)
     if "data_dir" in a and a.data_dir is None:
-        r.data_dir = DEFAULT_DATA_DIR
+        r.data_dir = DEFAULT_DATA_DIR[r.recipe]
     return r
 
 
 def check(a):
     """Refuse combinations that cannot run (UserError, naming the flag and what to do)."""
     spec = a.inner_params
-    if "grad_accum" in a and a.grad_accum < 1:
-        raise UserError(f"--grad-accum {a.grad_accum}: must be at least 1")
+    for names, least in ((POSITIVE, 1), (NON_NEGATIVE, 0)):
+        for k in names:
+            if getattr(a, k, None) is not None and getattr(a, k) < least:
+                raise UserError(f"--{k.replace('_', '-')} {getattr(a, k)}: must be at least {least}")
+    if not 0 <= a.hybrid_ratio <= 1:
+        raise UserError(f"--hybrid-ratio {a.hybrid_ratio}: a fraction of steps, between 0 and 1")
     if a.learn_inner_lr and a.inner_lr <= 0:
         raise UserError("--learn-inner-lr learns log step sizes, so --inner-lr must be > 0")
     if not (spec in ("head", "all") or (spec.startswith("top-") and spec[4:].isdigit())):
@@ -189,10 +228,20 @@ def get_args(argv=None, description=None):
                                 allow_abbrev=False)
     add_train_args(p)
     args = p.parse_args(argv)
-    a = check(resolve(args))
     typed = [s.split("=")[0] for s in (argv if argv is not None else sys.argv[1:]) if s.startswith("--")]
-    a.given = {p._option_string_actions[s].dest for s in typed if s in p._option_string_actions}
+    given = {p._option_string_actions[s].dest for s in typed if s in p._option_string_actions}
+    a = check(resolve(args, given))
+    a.given = given
     return a
+
+
+def cpu_has_bf16():
+    """Whether this CPU has bf16 matrix instructions (Linux: /proc/cpuinfo); True where unknown."""
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return True
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def hardware(device="auto", dtype="auto"):

@@ -4,9 +4,10 @@ Prepare a text corpus as token bins for train.py.
     python data.py --source ../shared/data/corpus/enwiki/articles.jsonl --out-dir data/enwiki --vocab-size 8192
     python data.py --out-dir data/tinystories          # downloads TinyStories (needs a network)
 
-A source is a URL (http, https, file) or a local path: a .txt file (documents separated by
-lines that are exactly <|endoftext|>), a .jsonl / .jsonl.gz file (text in a JSON field), or a
-directory of such files. Documents are tokenized with tiktoken cl100k_base, each followed by
+A source is a URL (http, https, file) or a local path: a .txt or .txt.gz file (documents
+separated by lines that are exactly <|endoftext|>; a file with no such line is split at blank
+lines, and data.py says so), a .jsonl / .jsonl.gz file (text in a JSON field), or a directory
+of such files. Documents are tokenized with tiktoken cl100k_base, each followed by
 the end-of-text id, split train/val by whole documents, and written as train.bin, val.bin and
 meta.json. --vocab-size N keeps the N most frequent ids of the train split (a CPU speed-up).
 """
@@ -29,6 +30,11 @@ TINYSTORIES = [  # the GPT-4 generated V2 split from the dataset's public page
     "https://huggingface.co/datasets/roneneldan/TinyStories/resolve/main/TinyStoriesV2-GPT4-train.txt",
     "https://huggingface.co/datasets/roneneldan/TinyStories/resolve/main/TinyStoriesV2-GPT4-valid.txt",
 ]
+# The corpus the repository carries (corpus/README.md: TinyShakespeare, public domain): what
+# train.py trains on when nothing else can be had. Its speeches are short, so 5% of them
+# make the val split (about 15k tokens; 1% would leave the SMLMT index few word types).
+EMBEDDED = Path(__file__).resolve().parent / "corpus" / "tinyshakespeare.txt.gz"
+EMBEDDED_VAL_FRACTION = 0.05
 CACHE_DIR = Path(os.environ.get("METALM_CACHE", Path.home() / ".cache" / "metalm"))
 EOT_TEXT = "<|endoftext|>"
 N_RESERVED = 3  # trimmed vocabularies: 0 = end-of-text, 1 = unknown, 2 = mask (SMLMT)
@@ -186,25 +192,40 @@ def source_files(src):
         raise UserError(f"--source {src}: no such file or directory")
     files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
     for f in files:
-        if not f.name.endswith((".txt", ".jsonl", ".jsonl.gz")):
-            raise UserError(f"{f}: unknown extension; use .txt, .jsonl or .jsonl.gz")
+        if not f.name.endswith((".txt", ".txt.gz", ".jsonl", ".jsonl.gz")):
+            raise UserError(f"{f}: unknown extension; use .txt, .txt.gz, .jsonl or .jsonl.gz")
     if not files:
         raise UserError(f"--source {src}: directory holds no .txt/.jsonl/.jsonl.gz files")
     return files
 
 
-def read_documents(path, text_field="text"):
-    """Yield the documents of one file."""
-    if path.name.endswith(".txt"):
+def open_text(path):
+    return (gzip.open if path.name.endswith(".gz") else open)(path, "rt", encoding="utf-8")
+
+
+def txt_separator(path):
+    """How a .txt file separates its documents: "eot" when it has a line that is exactly
+    <|endoftext|>, else "blank" (blank lines: paragraphs, speeches, stories)."""
+    with open_text(path) as f:
+        return "eot" if any(line.rstrip("\r\n") == EOT_TEXT for line in f) else "blank"
+
+
+def read_documents(path, text_field="text", sep="eot"):
+    """Yield the documents of one file. A .txt (or .txt.gz) file is split at <|endoftext|> lines
+    (sep "eot") or at runs of blank lines (sep "blank")."""
+    if path.name.endswith((".txt", ".txt.gz")):
         doc = []
-        with open(path, encoding="utf-8") as f:
+        with open_text(path) as f:
             for line in f:
-                if line.rstrip("\r\n") == EOT_TEXT:
-                    yield "".join(doc)
+                end = line.rstrip("\r\n") == EOT_TEXT if sep == "eot" else not line.strip()
+                if end:
+                    if sep == "eot" or "".join(doc).strip():
+                        yield "".join(doc)
                     doc = []
                 else:
                     doc.append(line)
-        yield "".join(doc)
+        if sep == "eot" or "".join(doc).strip():
+            yield "".join(doc)
         return
     opener = gzip.open if path.name.endswith(".gz") else open
     with opener(path, "rt", encoding="utf-8") as f:
@@ -263,8 +284,10 @@ def prepare(sources, out_dir, vocab_size=None, val_fraction=0.01, text_field="te
     i = 0
     with tqdm(desc="tokenize", unit="doc", disable=None) as bar:
         for f in files:
-            batch = []
-            for doc in read_documents(f, text_field):
+            batch, sep = [], txt_separator(f) if f.name.endswith((".txt", ".txt.gz")) else None
+            if sep == "blank":  # say which reading applies: it decides what a document is
+                tqdm.write(f"{f}: no <|endoftext|> line, so blank lines separate its documents")
+            for doc in read_documents(f, text_field, sep or "eot"):
                 batch.append(doc)
                 if len(batch) == 1024:
                     i = _tokenize(enc, batch, i, val_fraction, splits, n_docs, eot)
@@ -275,7 +298,11 @@ def prepare(sources, out_dir, vocab_size=None, val_fraction=0.01, text_field="te
     if sum(len(a) - 1 for part in splits.values() for a in part) == 0:  # only end-of-text ids
         raise UserError(f"--source {' '.join(sources)}: the corpus is empty")
     if n_docs["val"] == 0:
-        raise UserError(f"--val-fraction {val_fraction}: gives no validation document from {i} documents; raise it")
+        if i < 2:  # no fraction can help: say how to make documents
+            raise UserError(f"--source {' '.join(sources)}: the corpus is one document, so nothing is left to validate "
+                            "on; separate documents with blank lines or <|endoftext|> lines, or give more files")
+        raise UserError(f"--val-fraction {val_fraction}: gives no validation document from {i} documents; "
+                        f"use at least {1 / i:.2g}")
     train = np.concatenate(splits["train"])
     val = np.concatenate(splits["val"])
 

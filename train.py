@@ -16,8 +16,10 @@ in the same order. An optimiser step is world size x --grad-accum micro-batches 
 episodes); rank r takes micro-batches r*N .. r*N+N-1 (N = --grad-accum): 2 ranks x 1 see what
 1 rank x 2 sees.
 """
+import argparse
 import json
 import math
+import shlex
 import sys
 import time
 from contextlib import nullcontext
@@ -128,11 +130,31 @@ def diverged(run, what, value, step):
 
 # ----------------------------------------------------------------------------- the loop
 
+class Interrupted(Exception):
+    """Ctrl-C during training; the message says what was saved and how to continue."""
+
+
 def train(a, rank, world, device, dtype, ctx):
     run = setup(a, rank, world, device, dtype, ctx)
     a, state = run.a, run.state
+    t0 = time.perf_counter()
     if not a.resume:
         ddp.agree(lambda: rank0_work(run, a, True, True), rank, world, "rank0")
+    run.clock = {"start": time.perf_counter(), "first": state["step"], "eval_s": time.perf_counter() - t0}
+    try:
+        loop(run, a)
+    except KeyboardInterrupt:
+        if run.saved_step is None:
+            raise KeyboardInterrupt from None  # nothing saved yet
+        raise Interrupted(f"interrupted at step {state['step']} of {a.max_steps}; {run.out / 'ckpt.pt'} holds step "
+                          f"{run.saved_step}") from None
+    print(f"done: {state['step']} steps ({state['lm_pos']} LM, {state['meta_pos']} meta), {state['tokens']:,} tokens, "
+          f"{state['flops']:.3g} FLOPs, {state['elapsed_s']:.1f} s; log in {run.out / 'log.jsonl'}")
+
+
+def loop(run, a):
+    """The step loop: set the lr, draw the coin, take an LM or a meta step, log, evaluate."""
+    state, rank, world = run.state, run.rank, run.world
     bar = tqdm(range(state["step"], a.max_steps), initial=state["step"], total=a.max_steps, desc="train",
                disable=None if rank == 0 else True)
     for _ in bar:
@@ -154,6 +176,8 @@ def train(a, rank, world, device, dtype, ctx):
         for k in ("support_acc", "query_acc"):  # lm episodes have no classes
             if stats.get(k) is not None:
                 run.win[k].append(stats[k])
+        if state["step"] - run.clock["first"] == min(5, a.max_steps - run.clock["first"]):
+            tqdm.write(estimate(run, a))
         if state["step"] % a.log_every == 0 or state["step"] == a.max_steps:
             tqdm.write(step_line(run, kind, loss, lr, gnorm, dt))
         bar.set_postfix(loss=f"{loss:.3f}", kind=kind)
@@ -163,8 +187,6 @@ def train(a, rank, world, device, dtype, ctx):
         if measure or ev:  # the other ranks wait, and leave with rank 0's error if it has one
             ddp.agree(lambda: rank0_work(run, a, measure, ev), rank, world, "rank0")
     bar.close()
-    print(f"done: {state['step']} steps ({state['lm_pos']} LM, {state['meta_pos']} meta), {state['tokens']:,} tokens, "
-          f"{state['flops']:.3g} FLOPs, {state['elapsed_s']:.1f} s; log in {run.out / 'log.jsonl'}")
 
 
 def step_line(run, kind, loss, lr, gnorm, dt):
@@ -173,7 +195,23 @@ def step_line(run, kind, loss, lr, gnorm, dt):
         msg += f" {run.lm_tokens / dt:9,.0f} tok/s"
         if run.peak:
             msg += f" MFU {run.lm_flops / dt / run.peak / run.world:.1%}"
-    return msg
+    done, left = run.state["step"] - run.clock["first"], run.a.max_steps - run.state["step"]
+    return msg + f"  {clock((time.perf_counter() - run.clock['start']) / done * left)} left"  # evals included
+
+
+def estimate(run, a):
+    """The run's wall time, from its first timed steps and the time of its first eval."""
+    done, left = run.state["step"] - run.clock["first"], a.max_steps - run.state["step"]
+    per_step = (time.perf_counter() - run.clock["start"]) / done
+    evals = left // a.eval_every + 1
+    total = per_step * left + evals * run.clock["eval_s"] + time.perf_counter() - run.clock["start"]
+    return (f"estimated time: {clock(total)} for {a.max_steps - run.clock['first']} steps ({1000 * per_step:.0f} ms "
+            f"per step over the first {done}, {evals} evals at {run.clock['eval_s']:.1f} s)")
+
+
+def clock(s):
+    s = int(round(s))
+    return f"{s // 3600}h{s // 60 % 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
 # ----------------------------------------------------------------------------- evaluation, log, checkpoint
@@ -214,14 +252,15 @@ def evaluate(run, a):
            "support_acc": mean("support_acc"), "query_acc": mean("query_acc")}
     if not math.isfinite(row["val_loss"]):  # never overwrite the last good checkpoint with a broken model
         diverged(run, "val loss", row["val_loss"], s["step"])
-    row |= meta.evaluate(run.model, run.head, run.task, run.task.val_episodes(), a, run.device, run.ctx, run.inner)
+    if run.task:  # the fixed val episodes, before and after the inner loop
+        row |= meta.evaluate(run.model, run.head, run.task, run.task.val_episodes(), a, run.device, run.ctx, run.inner)
     if run.inner:
         row["inner_lrs"] = meta.inner_lrs_now(run.inner)
     if run.texts:
-        row["eval_text"] = {n: heldout.text_loss(run.lm_model, t, run.task.tok.unk, a, run.device, run.ctx)
+        row["eval_text"] = {n: heldout.text_loss(run.lm_model, t, run.tok.unk, a, run.device, run.ctx)
                             for n, t in run.texts.items()}
     if a.sample_tokens:
-        row["sample"] = heldout.sample(run.model, run.task.tok, a, run.device, run.dmeta["vocab_size"])
+        row["sample"] = heldout.sample(run.model, run.tok, a, run.device, run.dmeta["vocab_size"])
     return row
 
 
@@ -229,8 +268,9 @@ def log_row(run, a, row):
     """log.jsonl gets the row before the checkpoint of the same step: on resume, rows past it are cut."""
     with open(run.out / "log.jsonl", "a") as f:
         f.write(json.dumps(row) + "\n")
-    tqdm.write(f"eval step {row['step']}: val loss {row['val_loss']:.4f} (ppl {math.exp(row['val_loss']):.1f}), "
-               f"val episodes acc {row['episode_acc_before']:.3f} -> {row['episode_acc_after']:.3f}"
+    tqdm.write(f"eval step {row['step']}: val loss {row['val_loss']:.4f} (ppl {math.exp(row['val_loss']):.1f})"
+               + (f", val episodes acc {row['episode_acc_before']:.3f} -> {row['episode_acc_after']:.3f}"
+                  if "episode_acc_before" in row else "")
                + "".join(f", {n} {v['bpb']:.3f} bits/byte" for n, v in row.get("eval_text", {}).items()))
     if "sample" in row:
         tqdm.write(f"sample: {a.sample_prompt + row['sample']!r}")
@@ -238,13 +278,14 @@ def log_row(run, a, row):
 
 def save_checkpoint(run, a):
     """OUT/ckpt.pt (and ckpt_step{N}.pt every --save-every steps): one plain dict, written atomically."""
-    step, tok = run.state["step"], run.task.tok
+    step, tok = run.state["step"], run.tok
     ck = {"model": run.model.state_dict(), "meta_head": run.head.state_dict(), "inner_lrs": run.inner.state_dict(),
           "optimizer": run.opt.state_dict(), "model_args": vars(run.margs), "step": step, "state": dict(run.state),
           "rng": checkpoint.rng_state(), "data_meta": run.dmeta, "config": saved_config(a),
           "vocab_map": None if tok.old_of_new is None else torch.from_numpy(tok.old_of_new),
           "dynamics_probe": tuple(t.cpu() for t in run.dyn.probe) if run.dyn else None}
     checkpoint.save(run.out / "ckpt.pt", ck)
+    run.saved_step = step
     if a.save_every and step % a.save_every == 0:  # a trajectory for eval_ner.py and the dynamics
         checkpoint.save(run.out / f"ckpt_step{step}.pt", ck)
 
@@ -255,12 +296,37 @@ def saved_config(a):
 
 # ----------------------------------------------------------------------------- set-up
 
+def default_data(a):
+    """The data dir a run without --data-dir trains on, prepared on first use: TinyStories on
+    the paper's recipe; the embedded corpus under the CPU recipe, or when TinyStories cannot
+    be downloaded."""
+    embedded = f"data/tinyshakespeare{config.CPU_VOCAB // 1024}k" if a.recipe == "cpu" else "data/tinyshakespeare"
+    if a.recipe == "paper" and not (Path(a.data_dir) / "meta.json").exists():
+        print(f"no --data-dir given and {a.data_dir} is empty: preparing TinyStories there (a download of ~2 GB)")
+        try:
+            datalib.prepare(datalib.TINYSTORIES, a.data_dir)
+            return a.data_dir
+        except UserError as e:
+            print(f"TinyStories cannot be had ({str(e).split(';')[0]})")
+    elif a.recipe == "paper":
+        return a.data_dir
+    if not (Path(embedded) / "meta.json").exists():
+        datalib.prepare([str(datalib.EMBEDDED)], embedded, config.CPU_VOCAB if a.recipe == "cpu" else None,
+                        datalib.EMBEDDED_VAL_FRACTION)
+    print(f"corpus: the embedded TinyShakespeare (corpus/README.md), prepared in {embedded}. To train on TinyStories "
+          "or your own data: python data.py --source SRC --out-dir DIR, then --data-dir DIR")
+    return embedded
+
+
 def load_data(a, ckpt):
-    """The token bins of --data-dir (TinyStories prepared there when it is the default and
-    empty), checked against the checkpoint being resumed."""
-    if a.data_dir == config.DEFAULT_DATA_DIR and not (Path(a.data_dir) / "meta.json").exists():
-        print(f"no --data-dir given and {a.data_dir} is empty: preparing the default corpus (TinyStories) there")
-        datalib.prepare(datalib.TINYSTORIES, a.data_dir)
+    """(data dir, meta, train tokens, val tokens) of --data-dir, or of the default corpus,
+    checked against the checkpoint being resumed."""
+    if a.data_dir in config.DEFAULT_DATA_DIR.values() and "data_dir" not in a.given and not ckpt:
+        a = SimpleNamespace(**{**vars(a), "data_dir": default_data(a)})
+    if Path(a.data_dir).is_file():
+        name = Path(a.data_dir).name.split(".")[0]
+        raise UserError(f"--data-dir {a.data_dir} is a file; prepare it first: python data.py --source {a.data_dir} "
+                        f"--out-dir data/{name}, then train with --data-dir data/{name}")
     try:
         dmeta = datalib.load_meta(a.data_dir)
         train_tok, val_tok = datalib.load_bins(a.data_dir, dmeta)
@@ -271,7 +337,7 @@ def load_data(a, ckpt):
     for name, arr in (("train", train_tok), ("val", val_tok)):
         if len(arr) <= a.block_size + 1:
             raise UserError(f"{a.data_dir}/{name}.bin has {len(arr)} tokens; --block-size must be smaller")
-    return dmeta, train_tok, val_tok
+    return a.data_dir, dmeta, train_tok, val_tok
 
 
 def setup(a, rank, world, device, dtype, ctx):
@@ -279,13 +345,18 @@ def setup(a, rank, world, device, dtype, ctx):
     out, ckpt = Path(a.out_dir), None
     if a.resume:
         ckpt, a = ddp.agree(lambda: checkpoint.resume_config(a, out, cut_logs=rank == 0), rank, world)
-    dmeta, train_tok, val_tok = ddp.agree(lambda: load_data(a, ckpt), rank, world, "rank0_first")
-    task = ddp.agree(lambda: tasks.make(a, Path(a.data_dir), dmeta, train_tok, val_tok), rank, world, "rank0_first")
+    data_dir, dmeta, train_tok, val_tok = ddp.agree(lambda: load_data(a, ckpt), rank, world, "rank0_first")
+    if data_dir != a.data_dir:  # the default corpus: the run records the one it trained on
+        a = argparse.Namespace(**{**vars(a), "data_dir": data_dir})
+    tok = datalib.Tokenizer(dmeta, data_dir)
+    task = None  # a run that takes no meta step and scores no episode needs no episode index
+    if a.meta or a.eval_episodes:
+        task = ddp.agree(lambda: tasks.make(a, Path(data_dir), dmeta, train_tok, val_tok), rank, world, "rank0_first")
     torch.manual_seed(a.seed)
     model = checkpoint.build_model(ckpt, device) if ckpt else Transformer(preset(a.size, dmeta["vocab_size"],
                                                                                  a.block_size)).to(device)
-    head = task.make_head(model.args.d_model, model.args.vocab_size).to(device)  # temperature / pico MLP
-    inner = meta.make_inner_lrs(a, meta.fast_names(model, head, task, a)).to(device)  # Meta-SGD's log step sizes
+    head = (task.make_head(model.args.d_model, model.args.vocab_size) if task else nn.ParameterDict()).to(device)
+    inner = (meta.make_inner_lrs(a, meta.fast_names(model, head, task, a)) if task else nn.ParameterDict()).to(device)
     params = [*model.parameters(), *head.parameters(), *inner.parameters()]
     decay = [p for p in params if p.dim() >= 2]  # matrices decay; norm gains, temperature and step sizes do not
     no_decay = [p for p in params if p.dim() < 2]
@@ -299,11 +370,12 @@ def setup(a, rank, world, device, dtype, ctx):
     lm_model = compile_model(model) if a.compile else model
     margs, n_micro = model.args, world * a.grad_accum
     run = SimpleNamespace(a=a, rank=rank, world=world, device=device, dtype=dtype, ctx=ctx, out=out, dmeta=dmeta,
-                          train_tok=train_tok, val_tok=val_tok, task=task, model=model, lm_model=lm_model, head=head,
+                          train_tok=train_tok, val_tok=val_tok, task=task, tok=tok, model=model, lm_model=lm_model, head=head,
                           inner=inner, params=params, opt=opt, state=state, margs=margs, n_micro=n_micro,
                           net=ddp.wrap(Objective(model, lm_model, head, inner, task, a), world, device),
                           lm_tokens=a.batch_size * a.block_size * n_micro, peak=peak_flops(device),
                           dyn_every=0 if a.dynamics_every == 0 else (a.dynamics_every or a.eval_every),
+                          saved_step=ckpt["step"] if ckpt else None,
                           win={k: [] for k in ("lm_ms", "meta_ms", "lm_loss", "meta_loss", "support_acc", "query_acc")})
     run.lm_flops = flops_per_token(margs, a.block_size) * run.lm_tokens
     describe(run, a)
@@ -321,6 +393,16 @@ def compile_model(model):
 def describe(run, a):
     """The derived numbers, printed before training."""
     total, non_emb = count_params(run.margs)
+    d = run.dmeta
+    print(f"corpus {a.data_dir}: {d['train_tokens']:,} train and {d['val_tokens']:,} val tokens, vocab {d['vocab_size']:,}")
+    if a.recipe == "cpu":
+        print(f"recipe cpu (no GPU, no shape flag): {a.batch_size} x {a.block_size} tokens per step, {a.max_steps} steps, "
+              f"lr {a.lr:g}, eval every {a.eval_every}; --recipe paper (or any shape flag) gives the paper's GPU shapes")
+    else:
+        print(f"recipe paper{'' if run.device == 'cuda' else ' (on a CPU: --recipe cpu runs in minutes)'}")
+    if run.device == "cpu" and run.dtype == "bfloat16" and not config.cpu_has_bf16():
+        print("warning: --dtype bfloat16 on a CPU without bf16 matrix units (no avx512_bf16 or amx_bf16): measured 9.2x "
+              "slower than float32 on such a CPU (bench.py LM step 8,278 ms against 904); use --dtype float32", file=sys.stderr)
     print(f"model {a.size}: {total:,} parameters ({non_emb:,} non-embedding), vocab {run.margs.vocab_size:,}")
     print(f"device {run.device}, dtype {run.dtype}, compile {a.compile}, seed {a.seed}"
           + (f", {run.world} processes (DDP, {dist.get_backend()})" if run.world > 1 else ""))
@@ -350,10 +432,11 @@ def start_outputs(run, a, ckpt):
         probe = (ckpt or {}).get("dynamics_probe") or get_batch(
             run.val_tok, min(4, a.batch_size), a.block_size, a.seed, STREAM_PROBE, 0, "cpu")
         recorder = dynamics.Recorder(tuple(t.to(run.device) for t in probe), run.out / "dynamics.jsonl", run.ctx)
-    return recorder, heldout.load_texts(a, run.task.tok)
+    return recorder, heldout.load_texts(a, run.tok)
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else [str(s) for s in argv]
     try:
         a = config.get_args(argv, description=__doc__)
         device, dtype, ctx = config.hardware(a.device, a.dtype)
@@ -365,6 +448,13 @@ def main(argv=None):
                 dist.destroy_process_group()
     except UserError as e:
         sys.exit(f"train.py: error: {e}")
+    except (Interrupted, KeyboardInterrupt) as e:  # one line, no traceback; 130 = killed by SIGINT
+        again = "python train.py " + " ".join(shlex.quote(s) for s in argv if s != "--resume")
+        if isinstance(e, Interrupted):
+            print(f"train.py: {e}; continue with: {again} --resume", file=sys.stderr)
+        else:
+            print(f"train.py: interrupted before the first checkpoint; nothing to resume: {again.strip()}", file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":
