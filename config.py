@@ -44,9 +44,9 @@ SHAPE_FLAGS = ("batch_size", "block_size", "max_steps", "grad_accum")  # any of 
 DEFAULT_DATA_DIR = {"paper": "data/tinystories", "cpu": f"data/tinyshakespeare{CPU_VOCAB // 1024}k"}
 
 # Counts that must be at least 1, or at least 0 (where 0 has a documented meaning).
-POSITIVE = ("batch_size", "block_size", "max_steps", "grad_accum", "eval_every", "eval_batches", "log_every",
+POSITIVE = ("batch_size", "block_size", "grad_accum", "eval_every", "eval_batches", "log_every",
             "n_way", "k_shot", "n_query", "episode_len", "min_word_count")
-NON_NEGATIVE = ("eval_episodes", "sample_tokens", "save_every", "dynamics_every", "warmup_steps", "decay_steps",
+NON_NEGATIVE = ("max_steps", "eval_episodes", "sample_tokens", "save_every", "dynamics_every", "warmup_steps", "decay_steps",
                 "meta_start", "inner_steps", "skip_top_words", "inner_rank")
 
 
@@ -63,7 +63,7 @@ def add_train_args(p):
     g.add_argument("--size", default="11m", choices=list(PRESETS), help="pico-decoder preset")
     g.add_argument("--meta", action="store_true", help="mix first-order MAML steps into pretraining")
     g.add_argument("--task", default="smlmt", choices=list(TASK_DEFAULTS), help="episode kind (see tasks/)")
-    g.add_argument("--max-steps", type=int, default=20000, help="optimiser steps (LM and meta together)")
+    g.add_argument("--max-steps", type=int, default=20000, help="optimiser steps (LM and meta together; 0 = evaluate the initial model only)")
     g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: cuda when available")
     g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
                    help="auto: bfloat16 autocast on GPUs that support it, else float32")
@@ -189,13 +189,18 @@ def resolve(a, given=()):
     return r
 
 
-def check(a):
-    """Refuse combinations that cannot run (UserError, naming the flag and what to do)."""
-    spec = a.inner_params
+def check_counts(a):
+    """Counts below their least value (UserError); before anything is computed from them."""
     for names, least in ((POSITIVE, 1), (NON_NEGATIVE, 0)):
         for k in names:
             if getattr(a, k, None) is not None and getattr(a, k) < least:
                 raise UserError(f"--{k.replace('_', '-')} {getattr(a, k)}: must be at least {least}")
+    return a
+
+
+def check(a):
+    """Refuse combinations that cannot run (UserError, naming the flag and what to do)."""
+    spec = check_counts(a).inner_params
     if not 0 <= a.hybrid_ratio <= 1:
         raise UserError(f"--hybrid-ratio {a.hybrid_ratio}: a fraction of steps, between 0 and 1")
     if a.learn_inner_lr and a.inner_lr <= 0:
@@ -230,7 +235,7 @@ def get_args(argv=None, description=None):
     args = p.parse_args(argv)
     typed = [s.split("=")[0] for s in (argv if argv is not None else sys.argv[1:]) if s.startswith("--")]
     given = {p._option_string_actions[s].dest for s in typed if s in p._option_string_actions}
-    a = check(resolve(args, given))
+    a = check(resolve(check_counts(args), given))
     a.given = given
     return a
 

@@ -41,7 +41,7 @@ def parse(argv=None):
     p.add_argument("--sweep-params", default=None, help="--score: comma-separated --inner-params values to try")
     config.add_meta_args(p)
     p.set_defaults(meta=True)  # --learn-inner-lr's step sizes exist here whenever asked for
-    return config.check(config.resolve(p.parse_args(argv)))
+    return config.check(config.resolve(config.check_counts(p.parse_args(argv))))
 
 
 def main(argv=None):

@@ -140,7 +140,8 @@ def train(a, rank, world, device, dtype, ctx):
     t0 = time.perf_counter()
     if not a.resume:
         ddp.agree(lambda: rank0_work(run, a, True, True), rank, world, "rank0")
-    run.clock = {"start": time.perf_counter(), "first": state["step"], "eval_s": time.perf_counter() - t0}
+    run.clock = {"start": time.perf_counter(), "first": state["step"],
+                 "eval_s": None if a.resume else time.perf_counter() - t0}  # a resumed run has not timed an eval
     try:
         loop(run, a)
     except KeyboardInterrupt:
@@ -203,10 +204,11 @@ def estimate(run, a):
     """The run's wall time, from its first timed steps and the time of its first eval."""
     done, left = run.state["step"] - run.clock["first"], a.max_steps - run.state["step"]
     per_step = (time.perf_counter() - run.clock["start"]) / done
-    evals = left // a.eval_every + 1
-    total = per_step * left + evals * run.clock["eval_s"] + time.perf_counter() - run.clock["start"]
+    evals, eval_s = left // a.eval_every + 1, run.clock["eval_s"]
+    total = per_step * left + evals * (eval_s or 0) + time.perf_counter() - run.clock["start"]
     return (f"estimated time: {clock(total)} for {a.max_steps - run.clock['first']} steps ({1000 * per_step:.0f} ms "
-            f"per step over the first {done}, {evals} evals at {run.clock['eval_s']:.1f} s)")
+            f"per step over the first {done}, " + (f"{evals} evals at {eval_s:.1f} s)" if eval_s is not None else
+                                                  "evals not included)"))
 
 
 def clock(s):

@@ -36,8 +36,10 @@ class SMLMT(Task):
             ok = np.flatnonzero(np.diff(offsets) >= a.k_shot + a.n_query)  # enough windows for an episode
             if len(ok) < a.n_way:
                 raise UserError(f"{data_dir}/{s}.bin has only {len(ok)} word types with >= {a.k_shot + a.n_query} "
-                                f"occurrences; lower --n-way ({a.n_way}), --k-shot, --min-word-count or "
-                                "--skip-top-words, or prepare a larger corpus")
+                                f"occurrences; lower --n-way ({a.n_way}), --k-shot, --n-query, --min-word-count or "
+                                "--skip-top-words, prepare a larger corpus (or, for val.bin, a larger --val-fraction)"
+                                + ("" if a.meta else ", or give --eval-episodes 0: a run without --meta needs "
+                                   "episodes only to score them"))
             self.index[s] = (types, offsets, pos, ok)
 
     def episode(self, split, rng):

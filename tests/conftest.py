@@ -47,8 +47,10 @@ def data_dir(tmp_path_factory, corpus_txt):
     return out
 
 
-# the 11m shape on a tiny vocabulary and short sequences: fast enough for CPU tests
-TINY = ["--size", "11m", "--device", "cpu", "--batch-size", "4", "--block-size", "32", "--lr", "3e-3",
+# the 11m shape on a tiny vocabulary and short sequences: fast enough for CPU tests. The
+# dynamics instruments (SVDs of every matrix) cost 3/4 of such a run: tests/test_dynamics.py
+# and the kill -9 test turn them on where they are what is tested
+TINY = ["--dynamics-every", "0", "--size", "11m", "--device", "cpu", "--batch-size", "4", "--block-size", "32", "--lr", "3e-3",
         "--warmup-steps", "2", "--eval-batches", "2", "--log-every", "1000", "--eval-episodes", "2",
         "--n-way", "4", "--k-shot", "2", "--n-query", "2", "--episode-len", "16", "--inner-steps", "3",
         "--inner-lr", "0.1", "--skip-top-words", "5", "--min-word-count", "5", "--sample-tokens", "4"]

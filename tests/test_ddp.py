@@ -1,6 +1,7 @@
 """Several processes (gloo on CPU): torchrun DDP must train exactly what one process with
 --grad-accum trains, write files from rank 0 only, all-reduce once per step whatever the inner
 loop does, and end every rank with the same one-line error instead of hanging."""
+import dataclasses
 import json
 import os
 import socket
@@ -13,7 +14,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from conftest import TINY
+from conftest import TINY, run_train
 
 ROOT = Path(__file__).resolve().parents[1]
 SHORT = [*TINY, "--max-steps", "10", "--decay-steps", "10", "--eval-every", "5", "--dynamics-every", "0",
@@ -36,30 +37,35 @@ def rows(out):
     return [json.loads(line) for line in open(Path(out) / "log.jsonl")]
 
 
-@pytest.mark.parametrize("meta", [[], ["--meta"]], ids=["vanilla", "meta"])
-def test_two_ranks_train_what_one_rank_with_grad_accum_two_trains(data_dir, tmp_path, meta):
-    two, one = tmp_path / "two", tmp_path / "one"
-    r = torchrun(2, "--data-dir", data_dir, "--out-dir", two, *SHORT, *meta)
+@pytest.fixture(scope="module")
+def two_ranks(data_dir, tmp_path_factory):
+    """One 2-rank run under torchrun, shared by the tests below (each launch costs seconds): a
+    --meta run from step 0, so it takes LM steps and meta steps both."""
+    two = tmp_path_factory.mktemp("ddp") / "two"
+    r = torchrun(2, "--data-dir", data_dir, "--out-dir", two, *SHORT, "--meta")
     assert r.returncode == 0, r.stderr[-2000:]
-    r1 = subprocess.run([sys.executable, "train.py", "--data-dir", data_dir, "--out-dir", one, *SHORT, *meta,
-                         "--grad-accum", "2"], cwd=ROOT, capture_output=True, text=True, timeout=180)
-    assert r1.returncode == 0, r1.stderr[-2000:]
+    return two, r
+
+
+def test_two_ranks_train_what_one_rank_with_grad_accum_two_trains(data_dir, tmp_path, two_ranks):
+    (two, r), one = two_ranks, tmp_path / "one"
+    run_train(data_dir, one, *SHORT[len(TINY):], "--meta", "--grad-accum", "2")  # in this process: no launch
     a, b = rows(two), rows(one)
     assert [x["step"] for x in a] == [0, 5, 10]  # one row per eval: rank 1 wrote none
     assert a[-1]["val_loss"] == pytest.approx(b[-1]["val_loss"], rel=1e-5)
     assert a[-1]["tokens"] == b[-1]["tokens"]  # both micro-batches counted
-    if meta:
-        assert a[-1]["meta_steps"] > 0 and a[-1]["meta_loss"] == pytest.approx(b[-1]["meta_loss"], rel=1e-5)
+    assert a[-1]["lm_steps"] > 0 and a[-1]["train_loss"] == pytest.approx(b[-1]["train_loss"], rel=1e-5)  # LM steps
+    assert a[-1]["meta_steps"] > 0 and a[-1]["meta_loss"] == pytest.approx(b[-1]["meta_loss"], rel=1e-5)  # meta steps
     assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir())
     assert r.stdout.count("eval step 10:") == 1  # only rank 0 prints
 
 
-def test_resume_under_ddp_continues_the_uninterrupted_run(data_dir, tmp_path):
-    whole, cut = tmp_path / "whole", tmp_path / "cut"
-    for out, extra in ((whole, []), (cut, ["--max-steps", "5"])):
-        r = torchrun(2, "--data-dir", data_dir, "--out-dir", out, *SHORT, "--meta", *extra)
-        assert r.returncode == 0, r.stderr[-2000:]
-    r = torchrun(2, "--data-dir", data_dir, "--out-dir", cut, *SHORT, "--meta", "--resume")
+def test_resume_under_ddp_continues_the_uninterrupted_run(data_dir, tmp_path, two_ranks):
+    (whole, _), cut = two_ranks, tmp_path / "cut"
+    # the first half in this process with --grad-accum 2 (what 2 ranks train, as tested above; a
+    # resumed run may change the number of processes), the second half under torchrun
+    run_train(data_dir, cut, *SHORT[len(TINY):], "--meta", "--max-steps", "5", "--grad-accum", "2")
+    r = torchrun(2, "--data-dir", data_dir, "--out-dir", cut, *SHORT, "--meta", "--resume", "--grad-accum", "1")
     assert r.returncode == 0, r.stderr[-2000:]
     assert [x["step"] for x in rows(cut)] == [0, 5, 10]
     assert rows(cut)[-1]["val_loss"] == pytest.approx(rows(whole)[-1]["val_loss"], rel=1e-6)
@@ -90,7 +96,7 @@ def _count_all_reduces(rank, world, port, data_dir, result):
     a = config.get_args(["--data-dir", data_dir, *TINY, "--task", "lm", "--inner-params", "all", "--meta"])
     dmeta = data.load_meta(data_dir)
     task = tasks.make(a, Path(data_dir), dmeta, *data.load_bins(data_dir, dmeta))
-    model = Transformer(preset("11m", 256, 32))
+    model = Transformer(dataclasses.replace(preset("11m", 256, 32), n_layer=2))  # the buckets, not the depth, matter
     head = task.make_head(model.args.d_model, model.args.vocab_size)
     net = torch.nn.parallel.DistributedDataParallel(train.Objective(model, model, head, torch.nn.ParameterDict(), task, a),
                                                     find_unused_parameters=True)

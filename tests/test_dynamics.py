@@ -59,8 +59,9 @@ def test_instruments_leave_training_unchanged_and_write_valid_rows(data_dir, tmp
 
 
 def test_resumed_run_probes_the_same_batch(data_dir, tmp_path):
-    run_train(data_dir, tmp_path / "full", "--max-steps", 4, "--eval-every", 2)
-    run_train(data_dir, tmp_path / "half", "--max-steps", 2, "--decay-steps", 4, "--eval-every", 2)
-    run_train(data_dir, tmp_path / "half", "--resume", "--max-steps", 4)
+    on = ("--dynamics-every", 2)  # every eval, as by default
+    run_train(data_dir, tmp_path / "full", "--max-steps", 4, "--eval-every", 2, *on)
+    run_train(data_dir, tmp_path / "half", "--max-steps", 2, "--decay-steps", 4, "--eval-every", 2, *on)
+    run_train(data_dir, tmp_path / "half", "--resume", "--max-steps", 4, *on)
     values = lambda p: [{k: v for k, v in json.loads(line).items() if k != "measure_ms"} for line in open(p)]
     assert values(tmp_path / "full" / "dynamics.jsonl") == values(tmp_path / "half" / "dynamics.jsonl")

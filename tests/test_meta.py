@@ -1,4 +1,5 @@
 """meta.py and episodes.py: first-order MAML, SMLMT / pico / LM episodes, and the hybrid schedule."""
+import dataclasses
 from contextlib import nullcontext
 from pathlib import Path
 from types import SimpleNamespace
@@ -186,7 +187,7 @@ def test_bad_meta_flags_are_refused(data_dir):
 
 
 def test_default_episode_is_about_one_lm_batch():
-    a = config.get_args([])
+    a = config.get_args(["--recipe", "paper"])  # the paper's 32 x 512 batch
     assert (a.k_shot, a.n_query) == (8, 4) and a.n_way == 21  # 21 x (8 + 4) x 64 ~ 32 x 512
     a = config.get_args(["--batch-size", "16", "--block-size", "128"])
     assert a.n_way == 4  # 2048 tokens would give 3-way: the floor keeps chance at 1/4
@@ -391,6 +392,8 @@ def test_compiled_decoder_gives_the_eager_meta_step_and_reuses_one_graph(data_di
     step must not recompile (the weights are graph inputs): one graph per pass kind."""
     import torch._dynamo
     a, eps, model, _, head = setup(data_dir, "--task", task, "--inner-params", "top-1", "--inner-steps", 3)
+    torch.manual_seed(0)  # two blocks, not twelve: the same graphs per pass kind, a sixth of the compiling
+    model = Transformer(dataclasses.replace(model.args, n_layer=2))
     ep = eps.train_episode(0, "cpu")
     results = []
     try:

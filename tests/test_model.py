@@ -1,5 +1,5 @@
 """model.py: the decoder's defining properties."""
-import subprocess
+import runpy
 import sys
 from pathlib import Path
 
@@ -39,8 +39,9 @@ def test_built_model_has_the_counted_parameters():
     assert m.lm_head.weight is m.tok_emb.weight  # tied embeddings
 
 
-def test_model_py_prints_one_line_per_preset():
-    out = subprocess.run([sys.executable, "model.py"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+def test_model_py_prints_one_line_per_preset(capsys):
+    runpy.run_path(str(ROOT / "model.py"), run_name="__main__")  # python model.py, without a new interpreter
+    out = capsys.readouterr().out
     lines = out.strip().splitlines()
     assert len(lines) == 4
     assert lines[0].split()[0] == "11m" and "11,258,208" in lines[0] and "1,624,416" in lines[0]
