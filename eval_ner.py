@@ -14,7 +14,7 @@ reads the last sub-token, which has seen the whole word, and mean averages them.
 freezes the backbone (features computed once); --mode full fine-tunes everything. The head's
 learning rate is chosen on the dev sets from --head-lr (a comma-separated grid). Every dataset
 with a test file is scored with conlleval's entity-level micro P/R/F1 (uner.py).
-Several --ckpt give one result each (--out r.json -> r_<checkpoint>.json).
+Several --ckpt give one result each (--out r.json -> r_<run dir>_<checkpoint>.json).
 """
 import argparse
 import copy
@@ -170,7 +170,8 @@ def parse(argv=None):
     p.add_argument("--max-len", type=int, default=128, help="tokens per sentence; longer ones are cut")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: cuda when available")
     p.add_argument("--seed", type=int, default=0, help="seeds the head's init and the sentence order")
-    p.add_argument("--out", help="write the results as JSON here")
+    p.add_argument("--out", help="write the results as JSON here (several --ckpt: OUT.json -> "
+                                 "OUT_<run dir>_<checkpoint>.json, one each)")
     p.add_argument("--pred-dir", help="write DIR/<code>.conll (token gold predicted) per test set")
     a = p.parse_args(argv)
     try:

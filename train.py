@@ -3,8 +3,9 @@ Pretrain a Llama-style decoder with next-token prediction, optionally mixed with
 MAML episodes (--meta), on one GPU or CPU, or on several under torchrun (DDP). No Trainer
 class: the loop is train() below, one screen, top to bottom.
 
-    python train.py --size 11m                       # GPU, paper defaults, TinyStories
-    python train.py --meta --size 11m                # the same, half the steps are meta steps
+    python train.py --meta --size 11m    # the main job: on a GPU the paper's shapes on TinyStories; on a
+                                         # CPU the CPU recipe (--recipe) on the embedded corpus, minutes
+    python train.py --size 11m           # the same without meta steps
     python train.py --data-dir data/enwiki8k --out-dir out/vanilla --size 11m --device cpu \
         --max-steps 300 --batch-size 16 --block-size 128 --lr 2e-3 --warmup-steps 30 --eval-every 25
     torchrun --standalone --nproc_per_node 4 train.py --meta --size 65m --batch-size 8 --grad-accum 8
@@ -177,7 +178,9 @@ def loop(run, a):
         for k in ("support_acc", "query_acc"):  # lm episodes have no classes
             if stats.get(k) is not None:
                 run.win[k].append(stats[k])
-        if state["step"] - run.clock["first"] == min(5, a.max_steps - run.clock["first"]):
+        if state["step"] == run.clock["first"] + 1:  # the first step pays one-time costs: time those after it
+            run.clock["t1"] = time.perf_counter()
+        if state["step"] == run.clock["first"] + 1 + min(5, a.max_steps - run.clock["first"] - 1) > run.clock["first"] + 1:
             tqdm.write(estimate(run, a))
         if state["step"] % a.log_every == 0 or state["step"] == a.max_steps:
             tqdm.write(step_line(run, kind, loss, lr, gnorm, dt))
@@ -197,18 +200,18 @@ def step_line(run, kind, loss, lr, gnorm, dt):
         if run.peak:
             msg += f" MFU {run.lm_flops / dt / run.peak / run.world:.1%}"
     done, left = run.state["step"] - run.clock["first"], run.a.max_steps - run.state["step"]
-    return msg + f"  {clock((time.perf_counter() - run.clock['start']) / done * left)} left"  # evals included
+    return msg + f"  {clock((time.perf_counter() - run.clock['start']) / max(1, done) * left)} left"  # evals included
 
 
 def estimate(run, a):
     """The run's wall time, from its first timed steps and the time of its first eval."""
-    done, left = run.state["step"] - run.clock["first"], a.max_steps - run.state["step"]
-    per_step = (time.perf_counter() - run.clock["start"]) / done
-    evals, eval_s = left // a.eval_every + 1, run.clock["eval_s"]
-    total = per_step * left + evals * (eval_s or 0) + time.perf_counter() - run.clock["start"]
-    return (f"estimated time: {clock(total)} for {a.max_steps - run.clock['first']} steps ({1000 * per_step:.0f} ms "
-            f"per step over the first {done}, " + (f"{evals} evals at {eval_s:.1f} s)" if eval_s is not None else
-                                                  "evals not included)"))
+    first, done = run.clock["first"], run.state["step"] - run.clock["first"] - 1  # steps timed after the first
+    per_step, eval_s = (time.perf_counter() - run.clock["t1"]) / done, run.clock["eval_s"]
+    evals = len({s for s in range(first + 1, a.max_steps + 1) if s % a.eval_every == 0} | {a.max_steps})
+    total = per_step * (a.max_steps - first) + evals * (eval_s or 0)
+    return (f"estimated time: {clock(total)} for {a.max_steps - first} steps ({1000 * per_step:.0f} ms per step over "
+            f"steps {first + 2}-{run.state['step']}, " + (f"{evals} evals at {eval_s:.1f} s)" if eval_s is not None else
+                                                         "evals not included)"))
 
 
 def clock(s):
