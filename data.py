@@ -10,6 +10,7 @@ lines, and data.py says so), a .jsonl / .jsonl.gz file (text in a JSON field), o
 of such files. Documents are tokenized with tiktoken cl100k_base, each followed by
 the end-of-text id, split train/val by whole documents, and written as train.bin, val.bin and
 meta.json. --vocab-size N keeps the N most frequent ids of the train split (a CPU speed-up).
+At the bottom, load(): the data a train.py run trains on, its default corpus prepared on first use.
 """
 import argparse
 import gzip
@@ -24,6 +25,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+import config
 from config import UserError
 
 TINYSTORIES = [  # the GPT-4 generated V2 split from the dataset's public page
@@ -345,6 +347,51 @@ def _tokenize(enc, docs, i, val_fraction, splits, n_docs, eot):
         n_docs[split] += 1
         i += 1
     return i
+
+
+# ----------------------------------------------------------------------------- a run's data (train.py)
+
+def default_data(a):
+    """The data dir a run without --data-dir trains on, prepared on first use: TinyStories on
+    the paper's recipe; the embedded corpus under the CPU recipe, or when TinyStories cannot
+    be downloaded."""
+    embedded = config.DEFAULT_DATA_DIR["cpu"] if a.recipe == "cpu" else "data/tinyshakespeare"  # full vocabulary
+    if a.recipe == "paper" and not (Path(a.data_dir) / "meta.json").exists():
+        print(f"no --data-dir given and {a.data_dir} is empty: preparing TinyStories there (a download of ~2 GB)")
+        try:
+            prepare(TINYSTORIES, a.data_dir)
+            return a.data_dir
+        except UserError as e:
+            print(f"TinyStories cannot be had ({str(e).split(';')[0]})")
+    elif a.recipe == "paper":
+        return a.data_dir
+    if not (Path(embedded) / "meta.json").exists():
+        prepare([str(EMBEDDED)], embedded, config.CPU_VOCAB if a.recipe == "cpu" else None, EMBEDDED_VAL_FRACTION)
+    print(f"corpus: the embedded TinyShakespeare (corpus/README.md), prepared in {embedded}. To train on TinyStories "
+          "or your own data: python data.py --source SRC --out-dir DIR, then --data-dir DIR")
+    return embedded
+
+
+def load(a, ckpt=None):
+    """(data dir, meta, train tokens, val tokens) of --data-dir, or of the default corpus,
+    checked against the checkpoint being resumed."""
+    if a.data_dir in config.DEFAULT_DATA_DIR.values() and "data_dir" not in a.given and not ckpt:
+        a = argparse.Namespace(**{**vars(a), "data_dir": default_data(a)})
+    if Path(a.data_dir).is_file():
+        name = Path(a.data_dir).name.split(".")[0]
+        raise UserError(f"--data-dir {a.data_dir} is a file; prepare it first: python data.py --source {a.data_dir} "
+                        f"--out-dir data/{name}, then train with --data-dir data/{name}")
+    try:
+        dmeta = load_meta(a.data_dir)
+        train_tok, val_tok = load_bins(a.data_dir, dmeta)
+    except UserError as e:
+        raise UserError(f"--data-dir: {e}") from None
+    if ckpt and fingerprint(ckpt["data_meta"]) != fingerprint(dmeta):
+        raise UserError(f"--resume: {a.data_dir} is not the data the checkpoint was trained on")
+    for name, arr in (("train", train_tok), ("val", val_tok)):
+        if len(arr) <= a.block_size + 1:
+            raise UserError(f"{a.data_dir}/{name}.bin has {len(arr)} tokens; --block-size must be smaller")
+    return a.data_dir, dmeta, train_tok, val_tok
 
 
 def main(argv=None):

@@ -301,56 +301,12 @@ def saved_config(a):
 
 # ----------------------------------------------------------------------------- set-up
 
-def default_data(a):
-    """The data dir a run without --data-dir trains on, prepared on first use: TinyStories on
-    the paper's recipe; the embedded corpus under the CPU recipe, or when TinyStories cannot
-    be downloaded."""
-    embedded = f"data/tinyshakespeare{config.CPU_VOCAB // 1024}k" if a.recipe == "cpu" else "data/tinyshakespeare"
-    if a.recipe == "paper" and not (Path(a.data_dir) / "meta.json").exists():
-        print(f"no --data-dir given and {a.data_dir} is empty: preparing TinyStories there (a download of ~2 GB)")
-        try:
-            datalib.prepare(datalib.TINYSTORIES, a.data_dir)
-            return a.data_dir
-        except UserError as e:
-            print(f"TinyStories cannot be had ({str(e).split(';')[0]})")
-    elif a.recipe == "paper":
-        return a.data_dir
-    if not (Path(embedded) / "meta.json").exists():
-        datalib.prepare([str(datalib.EMBEDDED)], embedded, config.CPU_VOCAB if a.recipe == "cpu" else None,
-                        datalib.EMBEDDED_VAL_FRACTION)
-    print(f"corpus: the embedded TinyShakespeare (corpus/README.md), prepared in {embedded}. To train on TinyStories "
-          "or your own data: python data.py --source SRC --out-dir DIR, then --data-dir DIR")
-    return embedded
-
-
-def load_data(a, ckpt):
-    """(data dir, meta, train tokens, val tokens) of --data-dir, or of the default corpus,
-    checked against the checkpoint being resumed."""
-    if a.data_dir in config.DEFAULT_DATA_DIR.values() and "data_dir" not in a.given and not ckpt:
-        a = SimpleNamespace(**{**vars(a), "data_dir": default_data(a)})
-    if Path(a.data_dir).is_file():
-        name = Path(a.data_dir).name.split(".")[0]
-        raise UserError(f"--data-dir {a.data_dir} is a file; prepare it first: python data.py --source {a.data_dir} "
-                        f"--out-dir data/{name}, then train with --data-dir data/{name}")
-    try:
-        dmeta = datalib.load_meta(a.data_dir)
-        train_tok, val_tok = datalib.load_bins(a.data_dir, dmeta)
-    except UserError as e:
-        raise UserError(f"--data-dir: {e}") from None
-    if ckpt and datalib.fingerprint(ckpt["data_meta"]) != datalib.fingerprint(dmeta):
-        raise UserError(f"--resume: {a.data_dir} is not the data the checkpoint was trained on")
-    for name, arr in (("train", train_tok), ("val", val_tok)):
-        if len(arr) <= a.block_size + 1:
-            raise UserError(f"{a.data_dir}/{name}.bin has {len(arr)} tokens; --block-size must be smaller")
-    return a.data_dir, dmeta, train_tok, val_tok
-
-
 def setup(a, rank, world, device, dtype, ctx):
     """Everything the loop uses, built once: data, task, model, optimiser, outputs."""
     out, ckpt = Path(a.out_dir), None
     if a.resume:
         ckpt, a = ddp.agree(lambda: checkpoint.resume_config(a, out, cut_logs=rank == 0), rank, world)
-    data_dir, dmeta, train_tok, val_tok = ddp.agree(lambda: load_data(a, ckpt), rank, world, "rank0_first")
+    data_dir, dmeta, train_tok, val_tok = ddp.agree(lambda: datalib.load(a, ckpt), rank, world, "rank0_first")
     if data_dir != a.data_dir:  # the default corpus: the run records the one it trained on
         a = argparse.Namespace(**{**vars(a), "data_dir": data_dir})
     tok = datalib.Tokenizer(dmeta, data_dir)
