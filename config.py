@@ -37,6 +37,7 @@ TASK_DEFAULTS = {
 # defaults) on a GPU, and on a CPU, when no shape flag is given, this recipe: a trimmed
 # vocabulary, a small batch and a few hundred steps, which finish in minutes on 2 cores (the
 # README's quick start). A flag typed on the command line always wins over the recipe.
+INNER_LR_ADAMW = 1e-3  # --inner-opt adamw's default step, for every task (Adam's steps are in weight units)
 CPU_RECIPE = {"batch_size": 16, "block_size": 128, "max_steps": 300, "lr": 2e-3, "warmup_steps": 30,
               "eval_every": 50}
 CPU_VOCAB = 8192  # the embedded corpus is prepared with the 8,192 most frequent ids under the CPU recipe
@@ -130,9 +131,16 @@ def add_meta_args(p):
                    help="pico: ignore labels outside the class set instead of clamping them to class 0")
     g.add_argument("--skip-top-words", type=int, default=100, help="smlmt: skip the N most frequent token types")
     g.add_argument("--min-word-count", type=int, default=50, help="smlmt: skip token types rarer than this")
-    g.add_argument("--inner-steps", type=int, default=10, help="SGD steps on the support set")
+    g.add_argument("--inner-steps", type=int, default=10, help="inner steps on the support set")
     g.add_argument("--inner-lr", type=float, default=None,
                    help=f"* inner-loop SGD step size: {table(0)}. smlmt: in logit units (tasks/smlmt.py)")
+    g.add_argument("--inner-opt", default="sgd", choices=["sgd", "adamw"],
+                   help=f"inner optimiser: SGD, or AdamW with fresh moments per episode (betas 0.9, 0.999; default "
+                        f"--inner-lr {INNER_LR_ADAMW:g}; the next-token MAML proposal's). Both first order")
+    g.add_argument("--inner-schedule", default="constant", choices=["constant", "cosine"],
+                   help="--inner-opt adamw: the step over the inner steps (cosine: linear warmup over the first tenth, "
+                        "then cosine to 0)")
+    g.add_argument("--inner-weight-decay", type=float, default=0.01, help="--inner-opt adamw: decoupled weight decay")
     g.add_argument("--inner-params", default=None,
                    help=f"* what adapts: head, top-K (last K blocks + final norm + head) or all: {table(1)}")
     g.add_argument("--learn-inner-lr", action="store_true",
@@ -177,7 +185,7 @@ def resolve(a, given=()):
                 setattr(r, k, v)
         a = argparse.Namespace(**vars(r))  # the defaults below depend on the recipe's shapes
     inner_lr, inner_params, k_shot, _ = TASK_DEFAULTS[a.task]
-    r.inner_lr = inner_lr if a.inner_lr is None else a.inner_lr
+    r.inner_lr = (INNER_LR_ADAMW if a.inner_opt == "adamw" else inner_lr) if a.inner_lr is None else a.inner_lr
     r.inner_params = inner_params if a.inner_params is None else a.inner_params
     r.k_shot = k_shot if a.k_shot is None else a.k_shot
     if a.n_way is None:

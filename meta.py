@@ -29,25 +29,28 @@ from tasks.common import accuracy, ce, to_device
 # ----------------------------------------------------------------------------- the algorithm
 
 
-def inner_loop(support_loss, fast, steps, lr, losses=None):
+def inner_loop(support_loss, fast, steps, lr, losses=None, direction=None):
     """`steps` SGD steps on support_loss, first order: each gradient g_i is taken at detached
     weights, so it is a constant, and the result theta - lr * sum_i g_i has d/d theta = I.
     `fast` may hold parameters or tensors that carry a graph (prototypes): it is kept intact.
     lr is one float or a step size per tensor; a step size that is a tensor with a graph
     (Meta-SGD's exp(log_lr)) receives d L_Q / d lr = -<grad L_Q(phi_n), sum_i g_i> from the
-    last line, the only place it enters the graph. `losses`, a list, receives each step's loss."""
+    last line, the only place it enters the graph. `losses`, a list, receives each step's loss.
+    `direction(i, phi, grads)` turns step i's gradients into its update directions d_i (default:
+    the gradients, SGD; adamw_direction: AdamW's); every d_i is a constant just the same."""
     lrs = lr if isinstance(lr, dict) else dict.fromkeys(fast, lr)
     phi = {n: w.detach() for n, w in fast.items()}
     total = {n: torch.zeros_like(w) for n, w in phi.items()}
-    for _ in range(steps):
+    for i in range(steps):
         phi = {n: w.requires_grad_() for n, w in phi.items()}
         loss = support_loss(phi)
         grads = torch.autograd.grad(loss, list(phi.values()))
         if losses is not None:
             losses.append(loss.detach())
         with torch.no_grad():
-            phi = {n: w - lrs[n] * g for (n, w), g in zip(phi.items(), grads)}
-        total = {n: t + g for (n, t), g in zip(total.items(), grads)}
+            d = grads if direction is None else direction(i, phi, grads)
+            phi = {n: w - lrs[n] * g for (n, w), g in zip(phi.items(), d)}
+        total = {n: t + g for (n, t), g in zip(total.items(), d)}
     return {n: w - lrs[n] * total[n] for n, w in fast.items()}
 
 
@@ -61,7 +64,7 @@ def meta_loss(model, head, task, ep, a, inner=None):
         return reptile_loss(model, head, task, ep, a)
     fast, ep = task.start(model, head, ep, adapted_names(model, a.inner_params))
     support = lambda f: task.support(model, f, ep)
-    fast = adapt(support, fast, task.units(ep), a, inner if inner is not None else {}, ep.get("seed", 0))
+    fast = adapt(support, fast, step_units(task, ep, a), a, inner if inner is not None else {}, ep.get("seed", 0))
     logits, y = task.query(model, fast, ep)
     loss = ce(logits, y)
     s_acc = None
@@ -74,12 +77,20 @@ def meta_loss(model, head, task, ep, a, inner=None):
 def adapt(support, fast, units, a, inner, seed=0, losses=None):
     """The inner loop with its step sizes: learned (inner) or --inner-lr, times the tensor's unit
     (the task's, e.g. ProtoMAML's logit units). With --inner-rank, the backbone's matrices adapt
-    through low-rank deltas (low_rank); either way the result is the full set of fast weights."""
+    through low-rank deltas (low_rank); either way the result is the full set of fast weights.
+    --inner-opt adamw: AdamW's directions instead of the gradients (adamw_direction)."""
     compose = lambda f: f
     if a.inner_rank:
         fast, compose = low_rank(fast, a.inner_rank, a.inner_rank_learn_v, seed)
     lrs = {n: units.get(n, 1.0) * (inner[lr_key(n)].exp() if lr_key(n) in inner else a.inner_lr) for n in fast}
-    return compose(inner_loop(lambda f: ce(*support(compose(f))), fast, a.inner_steps, lrs, losses))
+    direction = adamw_direction(a.inner_steps, a.inner_weight_decay, a.inner_schedule) if a.inner_opt == "adamw" else None
+    return compose(inner_loop(lambda f: ce(*support(compose(f))), fast, a.inner_steps, lrs, losses, direction))
+
+
+def step_units(task, ep, a):
+    """The task's units of the inner step (ProtoMAML's logit units), for SGD. AdamW divides each
+    gradient by its own scale, which is what the units do for SGD: it takes none."""
+    return task.units(ep) if a.inner_opt == "sgd" else {}
 
 
 def adapted_names(model, spec):
@@ -92,6 +103,32 @@ def adapted_names(model, spec):
         return names
     first = model.args.n_layer - int(spec.split("-")[1])
     return [n for n in names if n == "norm.weight" or (n.startswith("layers.") and int(n.split(".")[1]) >= first)]
+
+
+# ----------------------------------------------------------------------------- variant: an AdamW inner loop
+
+def adamw_direction(steps, weight_decay=0.0, schedule="constant", betas=(0.9, 0.999), eps=1e-8):
+    """--inner-opt adamw, the next-token MAML proposal's inner optimiser: step i moves each tensor
+    by lr * d_i with d_i = s_i * (m_hat / (sqrt(v_hat) + eps) + weight_decay * w), torch's AdamW
+    to the last detail, its moments fresh in each episode (a new closure per episode). s_i is
+    the inner schedule: 1 (constant), or a linear warmup over the first tenth of the steps and a
+    cosine to 0 (cosine). First order as SGD: d_i is computed from constants, so the
+    meta-gradient is still grad L_Q at the adapted weights."""
+    state, (b1, b2) = {}, betas
+    warm = max(1, steps // 10)
+    scale = lambda i: 1.0 if schedule == "constant" else min(1.0, (i + 1) / warm) * 0.5 * (1 + math.cos(math.pi * i / steps))
+
+    def direction(i, phi, grads):
+        out = []
+        for (n, w), g in zip(phi.items(), grads):
+            m, v = state.get(n, (torch.zeros_like(g), torch.zeros_like(g)))
+            m, v = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * g * g
+            state[n] = (m, v)
+            adam = (m / (1 - b1 ** (i + 1))) / ((v / (1 - b2 ** (i + 1))).sqrt() + eps)
+            out.append(scale(i) * (adam + weight_decay * w))
+        return out
+
+    return direction
 
 
 # ----------------------------------------------------------------------------- variant: Meta-SGD step sizes
@@ -170,7 +207,7 @@ def reptile_loss(model, head, task, ep, a):
     head (persistent parameters) move."""
     with torch.no_grad():  # the prototypes need no graph: no query gradient flows through them here
         fast, ep = task.start(model, head, ep, adapted_names(model, a.inner_params))
-    units = task.units(ep)
+    units = step_units(task, ep, a)
 
     def both(f):  # (logits, targets) of support and query together
         (ls, ys), (lq, yq) = task.support(model, f, ep), task.query(model, f, ep)
@@ -228,7 +265,7 @@ def evaluate(model, head, task, episodes, a, device, ctx, inner=None, temperatur
         with ctx:
             fast, ep = task.start(model, head, ep, names)  # no_grad: prototypes without a graph
             with torch.enable_grad():
-                adapted = adapt(lambda f: task.support(model, f, ep), fast, task.units(ep), a,
+                adapted = adapt(lambda f: task.support(model, f, ep), fast, step_units(task, ep, a), a,
                                 inner if inner is not None else {}, ep.get("seed", 0))
             for when, f in (("before", fast), ("after", adapted)):
                 logits, y = task.query(model, f, ep)

@@ -371,8 +371,8 @@ def describe(run, a):
     print(f"tokens per LM step: {run.lm_tokens:,} ({split}{a.batch_size} x {a.block_size}), {run.lm_flops:.3g} FLOPs")
     if a.meta:
         print(f"meta ({a.outer}): {a.hybrid_ratio:.0%} of steps from step {a.meta_start}; "
-              f"{f'{run.n_micro} x ' if run.n_micro > 1 else ''}{run.task.describe()}; inner loop {a.inner_steps} SGD "
-              f"steps at lr {a.inner_lr} on {a.inner_params}" + (f" (rank {a.inner_rank} deltas)" if a.inner_rank else "")
+              f"{f'{run.n_micro} x ' if run.n_micro > 1 else ''}{run.task.describe()}; inner loop {a.inner_steps} "
+              f"{'SGD' if a.inner_opt == 'sgd' else f'AdamW ({a.inner_schedule})'} steps at lr {a.inner_lr} on {a.inner_params}" + (f" (rank {a.inner_rank} deltas)" if a.inner_rank else "")
               + (f", {len(run.inner)} step sizes learned" if run.inner else ""))
 
 
