@@ -37,7 +37,7 @@ TASK_DEFAULTS = {
 # defaults) on a GPU, and on a CPU, when no shape flag is given, this recipe: a trimmed
 # vocabulary, a small batch and a few hundred steps, which finish in minutes on 2 cores (the
 # README's quick start). A flag typed on the command line always wins over the recipe.
-INNER_LR_ADAMW = 1e-3  # --inner-opt adamw's default step, for every task (Adam's steps are in weight units)
+INNER_LR_ADAMW = 3e-4  # --inner-opt adamw: the sweep in results/README.md (2026-12-02), for every task
 CPU_RECIPE = {"batch_size": 16, "block_size": 128, "max_steps": 300, "lr": 2e-3, "warmup_steps": 30,
               "eval_every": 50}
 CPU_VOCAB = 8192  # the embedded corpus is prepared with the 8,192 most frequent ids under the CPU recipe
@@ -149,6 +149,10 @@ def add_meta_args(p):
                    help="adapt each adapted backbone matrix W as W + U V of rank R (U from zero, V fixed random "
                         "directions per episode; MLtD-style low-rank adaptation); 0 = adapt W itself")
     g.add_argument("--inner-rank-learn-v", action="store_true", help="with --inner-rank: adapt V as well as U")
+    g.add_argument("--tarp", default="", choices=["", "static", "dynamic"],
+                   help="Meta-Learning the Difference's TARP (model.TARPLinear): every block matrix gains a shift V S U^T "
+                        "of rank --inner-rank, S learned (static) or made from each token (dynamic); U, V and S are "
+                        "learned in the outer loop, and the inner loop adapts them, not the matrices")
     g.add_argument("--outer", default="fomaml", choices=["fomaml", "reptile"],
                    help="outer rule: first-order MAML (query loss of the adapted weights) or Reptile (move toward "
                         "the weights adapted on support + query)")
@@ -220,6 +224,9 @@ def check(a):
     if a.inner_rank < 0 or (a.inner_rank and spec == "head"):
         raise UserError(f"--inner-rank {a.inner_rank}: a rank >= 1 adapts backbone matrices, so it needs "
                         "--inner-params top-K or all (0 = full-rank)")
+    if a.tarp and (a.inner_rank < 1 or spec == "head" or a.inner_rank_learn_v):
+        raise UserError(f"--tarp {a.tarp} needs --inner-rank R >= 1 (the shift's rank) and --inner-params top-K or all "
+                        "(the blocks whose shifts adapt); --inner-rank-learn-v belongs to the cheap variant without --tarp")
     if a.inner_rank_learn_v and not a.inner_rank:
         raise UserError("--inner-rank-learn-v needs --inner-rank R >= 1")
     if a.outer == "reptile" and a.task == "smlmt" and spec == "head":

@@ -80,7 +80,7 @@ def adapt(support, fast, units, a, inner, seed=0, losses=None):
     through low-rank deltas (low_rank); either way the result is the full set of fast weights.
     --inner-opt adamw: AdamW's directions instead of the gradients (adamw_direction)."""
     compose = lambda f: f
-    if a.inner_rank:
+    if a.inner_rank and not a.tarp:  # with --tarp the rank is the shift's, and the shift is what adapts
         fast, compose = low_rank(fast, a.inner_rank, a.inner_rank_learn_v, seed)
     lrs = {n: units.get(n, 1.0) * (inner[lr_key(n)].exp() if lr_key(n) in inner else a.inner_lr) for n in fast}
     direction = adamw_direction(a.inner_steps, a.inner_weight_decay, a.inner_schedule) if a.inner_opt == "adamw" else None
@@ -95,8 +95,11 @@ def step_units(task, ep, a):
 
 def adapted_names(model, spec):
     """Backbone parameter names the inner loop adapts: none (head), the last K blocks and the
-    final norm (top-K), or every parameter (all)."""
+    final norm (top-K), or every parameter (all). With --tarp, only the TARP shifts (U, V, S)
+    of those blocks: W0 and the norms are learned in the outer loop alone."""
     names = [n for n, _ in model.named_parameters()]
+    if model.args.tarp:
+        names = [n for n in names if ".tarp_" in n]
     if spec == "head":
         return []
     if spec == "all":
@@ -141,7 +144,7 @@ def fast_names(model, head, task, a):
     """Every tensor the inner loop adapts: the backbone's (adapted_names, or their U and V with
     --inner-rank) and the episode head's."""
     names = adapted_names(model, a.inner_params)
-    if a.inner_rank:
+    if a.inner_rank and not a.tarp:
         matrix = lambda n: model.get_parameter(n).dim() == 2
         names = [m for n in names for m in ([n + ".U"] + [n + ".V"] * a.inner_rank_learn_v if matrix(n) else [n])]
     return names + task.head_names(head)

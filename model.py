@@ -35,6 +35,8 @@ class ModelArgs:
     block_size: int = 2048  # longest sequence the rotary tables cover
     rope_theta: float = 10000.0
     norm_eps: float = 1e-6
+    tarp: str = ""  # "", "static" or "dynamic": every block matrix is a TARPLinear (meta.py, --tarp)
+    tarp_rank: int = 0
 
 
 PRESETS = {  # name -> d_model; everything else is shared
@@ -45,11 +47,42 @@ PRESETS = {  # name -> d_model; everything else is shared
 }
 
 
-def preset(size, vocab_size=pad_vocab(CL100K_VOCAB), block_size=2048):
+def preset(size, vocab_size=pad_vocab(CL100K_VOCAB), block_size=2048, tarp="", tarp_rank=0):
     if size not in PRESETS:
         raise ValueError(f"--size {size!r} is not a preset; choose one of {', '.join(PRESETS)}")
     d = PRESETS[size]
-    return ModelArgs(vocab_size=pad_vocab(vocab_size), d_model=d, hidden_dim=4 * d, block_size=block_size)
+    return ModelArgs(vocab_size=pad_vocab(vocab_size), d_model=d, hidden_dim=4 * d, block_size=block_size, tarp=tarp,
+                     tarp_rank=tarp_rank)
+
+
+class TARPLinear(nn.Linear):
+    """A block matrix with a task-adaptive shift (TARP, Hou et al. 2022, "Meta-Learning the
+    Difference"): y = W0 x + V S U^T x, with U (d_in, r), V (d_out, r) and S an r x r matrix,
+    learned (static) or made from the token itself by a bias-free map (dynamic: S(x) =
+    reshape(W_S x, r, r), as in the authors' code). S (or W_S) starts at zero, so the layer
+    starts as W0 exactly. The inner loop adapts U, V and S / W_S; the outer loop learns them
+    and W0. (Their scaled form, W = Phi1 * W0 + Phi2, is not built: the main runs use the
+    additive shift only.)"""
+
+    def __init__(self, d_in, d_out, rank, kind):
+        super().__init__(d_in, d_out, bias=False)
+        self.rank, self.dynamic = rank, kind == "dynamic"
+        self.tarp_u = nn.Parameter(torch.zeros(d_in, rank))  # random directions, drawn in Transformer.__init__
+        self.tarp_v = nn.Parameter(torch.zeros(d_out, rank))
+        self.tarp_s = nn.Parameter(torch.zeros(rank * rank if self.dynamic else rank, d_in if self.dynamic else rank))
+
+    def forward(self, x):
+        h = x @ self.tarp_u  # (..., r)
+        if self.dynamic:
+            s = (x @ self.tarp_s.T).unflatten(-1, (self.rank, self.rank))  # (..., r, r): one S per token
+            h = (s @ h.unsqueeze(-1)).squeeze(-1)  # (..., r)
+        else:
+            h = h @ self.tarp_s.T  # (..., r)
+        return super().forward(x) + h @ self.tarp_v.T  # (..., d_out)
+
+
+def linear(d_in, d_out, a: ModelArgs):
+    return TARPLinear(d_in, d_out, a.tarp_rank, a.tarp) if a.tarp else nn.Linear(d_in, d_out, bias=False)
 
 
 class RMSNorm(nn.Module):
@@ -85,10 +118,10 @@ class Attention(nn.Module):
         super().__init__()
         self.n_head, self.n_kv_head = a.n_head, a.n_kv_head
         self.head_dim = a.d_model // a.n_head
-        self.q = nn.Linear(a.d_model, a.n_head * self.head_dim, bias=False)
-        self.k = nn.Linear(a.d_model, a.n_kv_head * self.head_dim, bias=False)
-        self.v = nn.Linear(a.d_model, a.n_kv_head * self.head_dim, bias=False)
-        self.o = nn.Linear(a.n_head * self.head_dim, a.d_model, bias=False)
+        self.q = linear(a.d_model, a.n_head * self.head_dim, a)
+        self.k = linear(a.d_model, a.n_kv_head * self.head_dim, a)
+        self.v = linear(a.d_model, a.n_kv_head * self.head_dim, a)
+        self.o = linear(a.n_head * self.head_dim, a.d_model, a)
 
     def forward(self, x, cos, sin, explicit=False):
         B, T, _ = x.shape
@@ -124,9 +157,9 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, a: ModelArgs):
         super().__init__()
-        self.w1 = nn.Linear(a.d_model, a.hidden_dim, bias=False)  # gate
-        self.w3 = nn.Linear(a.d_model, a.hidden_dim, bias=False)  # up
-        self.w2 = nn.Linear(a.hidden_dim, a.d_model, bias=False)  # down
+        self.w1 = linear(a.d_model, a.hidden_dim, a)  # gate
+        self.w3 = linear(a.d_model, a.hidden_dim, a)  # up
+        self.w2 = linear(a.hidden_dim, a.d_model, a)  # down
 
     def forward(self, x):
         return self.w2(F.silu(self.w1(x)) * self.w3(x))
@@ -166,6 +199,9 @@ class Transformer(nn.Module):
             if name.endswith(("attn.o.weight", "mlp.w2.weight")):
                 # residual projections: scale down so the residual stream does not grow with depth
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * a.n_layer))
+        for name, p in self.named_parameters():  # after the rest, so W0 is the plain model's at the same seed
+            if name.endswith(("tarp_u", "tarp_v")):  # unit-scale random directions; the shift starts at 0 via S
+                nn.init.normal_(p, mean=0.0, std=1.0 / math.sqrt(p.shape[0]))
 
     @staticmethod
     def _init_weights(m):
@@ -278,6 +314,10 @@ def count_params(a: ModelArgs):
     attn = a.d_model * hd * (2 * a.n_head + 2 * a.n_kv_head)  # q, o + k, v
     mlp = 3 * a.d_model * a.hidden_dim
     per_layer = attn + mlp + 2 * a.d_model  # + two RMSNorm weights
+    if a.tarp:  # U, V and S (or W_S) of the 7 matrices
+        r, d, dk, h = a.tarp_rank, a.d_model, a.n_kv_head * hd, a.hidden_dim
+        shapes = [(d, a.n_head * hd), (d, dk), (d, dk), (a.n_head * hd, d), (d, h), (d, h), (h, d)]
+        per_layer += sum((i + o) * r + (r * r * i if a.tarp == "dynamic" else r * r) for i, o in shapes)
     embedding = a.vocab_size * a.d_model  # tied, so counted once
     non_embedding = a.n_layer * per_layer + a.d_model  # + final norm
     return embedding + non_embedding, non_embedding

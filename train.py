@@ -314,8 +314,8 @@ def setup(a, rank, world, device, dtype, ctx):
     if a.meta or a.eval_episodes:
         task = ddp.agree(lambda: tasks.make(a, Path(data_dir), dmeta, train_tok, val_tok), rank, world, "rank0_first")
     torch.manual_seed(a.seed)
-    model = checkpoint.build_model(ckpt, device) if ckpt else Transformer(preset(a.size, dmeta["vocab_size"],
-                                                                                 a.block_size)).to(device)
+    margs = preset(a.size, dmeta["vocab_size"], a.block_size, a.tarp, a.inner_rank if a.tarp else 0)
+    model = checkpoint.build_model(ckpt, device) if ckpt else Transformer(margs).to(device)
     head = (task.make_head(model.args.d_model, model.args.vocab_size) if task else nn.ParameterDict()).to(device)
     inner = (meta.make_inner_lrs(a, meta.fast_names(model, head, task, a)) if task else nn.ParameterDict()).to(device)
     params = [*model.parameters(), *head.parameters(), *inner.parameters()]

@@ -12,6 +12,7 @@ from torch.func import functional_call
 import meta
 from config import UserError
 from conftest import run_train
+from model import TARPLinear, Transformer, count_params, preset
 from tasks.common import to_device
 from test_meta import episode_fns, setup
 
@@ -125,7 +126,9 @@ def test_learner_flags_that_cannot_run_are_refused(data_dir):
                          (["--inner-rank-learn-v"], "--inner-rank-learn-v"),
                          (["--outer", "reptile"], "--outer reptile"),
                          (["--outer", "reptile", "--task", "lm", "--learn-inner-lr"], "--learn-inner-lr"),
-                         (["--outer", "reptile", "--task", "lm", "--inner-steps", 0], "--inner-steps")):
+                         (["--outer", "reptile", "--task", "lm", "--inner-steps", 0], "--inner-steps"),
+                         (["--tarp", "dynamic", "--task", "lm"], "--tarp dynamic needs --inner-rank"),
+                         (["--tarp", "static", "--inner-rank", 2], "--tarp static needs")):  # smlmt's head
         with pytest.raises(UserError, match=words):
             setup(data_dir, *flags)
 
@@ -169,3 +172,64 @@ def test_adamw_inner_loop_trains_and_resumes_exactly(data_dir, tmp_path):
     keys = ("val_loss", "meta_loss", "episode_loss_before", "episode_loss_after")
     assert [resumed[-1][k] for k in keys] == [full[-1][k] for k in keys] and full[-1]["meta_steps"] > 0
     assert full[-1]["episode_loss_after"] < full[-1]["episode_loss_before"]  # AdamW steps lower the query loss
+
+
+# ----------------------------------------------------------------------------- TARP (--tarp): Meta-Learning the Difference
+
+@pytest.mark.parametrize("kind", ["static", "dynamic"])
+def test_tarp_at_its_identity_init_is_the_plain_model_exactly(kind):
+    torch.manual_seed(0)
+    plain = Transformer(preset("11m", 256, 32))
+    torch.manual_seed(0)
+    tarp = Transformer(preset("11m", 256, 32, kind, 4))
+    x = torch.randint(0, 256, (2, 16))
+    shared = {n: w for n, w in tarp.state_dict().items() if ".tarp_" not in n}
+    assert shared.keys() == plain.state_dict().keys() and all(torch.equal(w, plain.state_dict()[n]) for n, w in shared.items())
+    assert torch.equal(tarp(x), plain(x))  # S = 0: the shift is exactly zero
+    assert sum(p.numel() for p in tarp.parameters()) == count_params(tarp.args)[0]
+    with torch.no_grad():
+        tarp.layers[3].mlp.w2.tarp_s.normal_()
+    assert not torch.allclose(tarp(x), plain(x))  # and a shift changes the outputs
+
+
+def test_tarp_meta_gradient_reaches_w0_u_v_and_s_first_order():
+    """On one dynamic TARP layer: the inner loop adapts U, V and W_S only; the meta-gradient of
+    every tensor, W0 included, is grad L_Q at the adapted weights (first order)."""
+    torch.manual_seed(0)
+    layer = TARPLinear(6, 4, 2, "dynamic")
+    with torch.no_grad():
+        layer.weight.normal_(), layer.tarp_u.normal_(), layer.tarp_v.normal_(), layer.tarp_s.normal_(std=0.1)
+    xs, ys, xq, yq = torch.randn(8, 6), torch.randn(8, 4), torch.randn(5, 6), torch.randn(5, 4)
+    params = dict(layer.named_parameters())
+    adapted = ["tarp_u", "tarp_v", "tarp_s"]
+    support_loss = lambda f: F.mse_loss(functional_call(layer, {**params, **f}, (xs,)), ys)
+    fast = meta.inner_loop(support_loss, {n: params[n] for n in adapted}, 3, 0.05)
+    F.mse_loss(functional_call(layer, {**params, **fast}, (xq,)), yq).backward()
+
+    copy_ = copy.deepcopy(layer)  # the adapted layer, by hand: three SGD steps on U, V, W_S, W0 fixed
+    for _ in range(3):
+        g = torch.autograd.grad(F.mse_loss(copy_(xs), ys), [copy_.get_parameter(n) for n in adapted])
+        with torch.no_grad():
+            for n, gi in zip(adapted, g):
+                copy_.get_parameter(n).sub_(0.05 * gi)
+    copy_.zero_grad()
+    F.mse_loss(copy_(xq), yq).backward()
+    for n in ["weight", *adapted]:
+        got, want = layer.get_parameter(n).grad, copy_.get_parameter(n).grad
+        assert got.abs().sum() > 0 and torch.allclose(got, want, atol=1e-6), n
+
+
+def test_tarp_trains_adapts_only_the_shifts_and_resumes_exactly(data_dir, tmp_path):
+    common = ("--meta", "--meta-start", 0, "--task", "lm", "--inner-params", "top-1", "--tarp", "dynamic",
+              "--inner-rank", 4)
+    full = run_train(data_dir, tmp_path / "full", "--max-steps", 10, "--eval-every", 5, *common)
+    run_train(data_dir, tmp_path / "half", "--max-steps", 5, "--decay-steps", 10, "--eval-every", 5, *common)
+    resumed = run_train(data_dir, tmp_path / "half", "--resume", "--max-steps", 10)
+    keys = ("val_loss", "meta_loss", "episode_loss_before", "episode_loss_after")
+    assert [resumed[-1][k] for k in keys] == [full[-1][k] for k in keys] and full[-1]["meta_steps"] > 0
+    assert full[-1]["episode_loss_after"] != full[-1]["episode_loss_before"]
+    ck = torch.load(tmp_path / "full" / "ckpt.pt", weights_only=True)
+    assert ck["model_args"]["tarp"] == "dynamic" and "layers.11.mlp.w2.tarp_s" in ck["model"]
+    a, eps, model, _, head = setup(data_dir, *common)
+    names = meta.adapted_names(Transformer(preset("11m", 256, 32, "dynamic", 4)), "top-1")
+    assert names and all(".tarp_" in n and n.startswith("layers.11.") for n in names) and len(names) == 21
