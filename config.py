@@ -221,12 +221,12 @@ def check(a):
         raise UserError(f"--inner-params {spec!r}: use head, top-K (e.g. top-2) or all")
     if a.task == "lm" and spec == "head":
         raise UserError("--inner-params head needs --task smlmt or pico (lm has no episode head); use top-K or all")
-    if a.inner_rank < 0 or (a.inner_rank and spec == "head"):
-        raise UserError(f"--inner-rank {a.inner_rank}: a rank >= 1 adapts backbone matrices, so it needs "
-                        "--inner-params top-K or all (0 = full-rank)")
     if a.tarp and (a.inner_rank < 1 or spec == "head" or a.inner_rank_learn_v):
         raise UserError(f"--tarp {a.tarp} needs --inner-rank R >= 1 (the shift's rank) and --inner-params top-K or all "
                         "(the blocks whose shifts adapt); --inner-rank-learn-v belongs to the cheap variant without --tarp")
+    if a.inner_rank < 0 or (a.inner_rank and spec == "head"):
+        raise UserError(f"--inner-rank {a.inner_rank}: a rank >= 1 adapts backbone matrices, so it needs "
+                        "--inner-params top-K or all (0 = full-rank)")
     if a.inner_rank_learn_v and not a.inner_rank:
         raise UserError("--inner-rank-learn-v needs --inner-rank R >= 1")
     if a.outer == "reptile" and a.task == "smlmt" and spec == "head":
