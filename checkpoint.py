@@ -115,7 +115,7 @@ def build_model(ckpt, device="cpu"):
 
 # Flags a resumed run cannot change: the model's shape, the data streams, and what the episode
 # head and the learned step sizes are. All others given again take effect.
-FIXED_ON_RESUME = ("size", "block_size", "seed", "task", "inner_params", "learn_inner_lr", "tarp")
+FIXED_ON_RESUME = ("size", "block_size", "seed", "task", "inner_params", "learn_inner_lr", "tarp", "tams")
 
 
 def resume_config(a, out, cut_logs=True):

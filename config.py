@@ -156,6 +156,10 @@ def add_meta_args(p):
     g.add_argument("--outer", default="fomaml", choices=["fomaml", "reptile"],
                    help="outer rule: first-order MAML (query loss of the adapted weights) or Reptile (move toward "
                         "the weights adapted on support + query)")
+    g.add_argument("--tams", action="store_true",
+                   help="Meta-Learning the Difference's TAMS, in miniature: per episode a controller maps the support "
+                        "set's mean token embedding to one op per block on the MLP path (its SwiGLU, skip, or a rank-16 "
+                        "linear), straight-through; trained in the outer loop, not adapted. LM steps use the SwiGLU")
     g.add_argument("--meta-weight", type=float, default=1.0,
                    help="scale of the query loss in a meta step (the optimiser's moments are shared with LM steps)")
 

@@ -62,7 +62,7 @@ def meta_loss(model, head, task, ep, a, inner=None):
     reptile_loss instead. Returns the loss and the episode's accuracies."""
     if a.outer == "reptile":
         return reptile_loss(model, head, task, ep, a)
-    fast, ep = task.start(model, head, ep, adapted_names(model, a.inner_params))
+    fast, ep = task.start(model, head, with_arch(model, ep), adapted_names(model, a.inner_params))
     support = lambda f: task.support(model, f, ep)
     fast = adapt(support, fast, step_units(task, ep, a), a, inner if inner is not None else {}, ep.get("seed", 0))
     logits, y = task.query(model, fast, ep)
@@ -97,7 +97,7 @@ def adapted_names(model, spec):
     """Backbone parameter names the inner loop adapts: none (head), the last K blocks and the
     final norm (top-K), or every parameter (all). With --tarp, only the TARP shifts (U, V, S)
     of those blocks: W0 and the norms are learned in the outer loop alone."""
-    names = [n for n, _ in model.named_parameters()]
+    names = [n for n, _ in model.named_parameters() if not n.startswith("controller.")]  # TAMS chooses, never adapts
     if model.args.tarp:
         names = [n for n in names if ".tarp_" in n]
     if spec == "head":
@@ -132,6 +132,15 @@ def adamw_direction(steps, weight_decay=0.0, schedule="constant", betas=(0.9, 0.
         return out
 
     return direction
+
+
+# ----------------------------------------------------------------------------- variant: TAMS's model search
+
+def with_arch(model, ep):
+    """--tams: the episode with its choice of op per block (model.choose on the support set),
+    made once from the starting controller, which the inner loop does not adapt; the query
+    loss's gradient reaches the controller through it (straight-through)."""
+    return ep | {"arch": model.choose(ep["xs"])} if model.args.tams else ep
 
 
 # ----------------------------------------------------------------------------- variant: Meta-SGD step sizes
@@ -209,7 +218,7 @@ def reptile_loss(model, head, task, ep, a):
     is rebuilt from prototypes every episode, so only adapted backbone weights and the pico
     head (persistent parameters) move."""
     with torch.no_grad():  # the prototypes need no graph: no query gradient flows through them here
-        fast, ep = task.start(model, head, ep, adapted_names(model, a.inner_params))
+        fast, ep = task.start(model, head, with_arch(model, ep), adapted_names(model, a.inner_params))
     units = step_units(task, ep, a)
 
     def both(f):  # (logits, targets) of support and query together
@@ -262,9 +271,11 @@ def evaluate(model, head, task, episodes, a, device, ctx, inner=None, temperatur
     temperature, also each one's loss at its best single temperature (best_temperature)."""
     names = adapted_names(model, a.inner_params)
     out = {"acc_before": [], "acc_after": [], "loss_before": [], "loss_after": []}
-    pairs = {"before": [], "after": []}
+    pairs, chosen = {"before": [], "after": []}, []
     for ep in tqdm(episodes, desc="val episodes", leave=False, disable=None):
-        ep = to_device(ep, device)
+        ep = with_arch(model, to_device(ep, device))
+        if "arch" in ep:
+            chosen.append(ep["arch"].argmax(-1))  # (L,) the op of each block
         with ctx:
             fast, ep = task.start(model, head, ep, names)  # no_grad: prototypes without a graph
             with torch.enable_grad():
@@ -277,6 +288,9 @@ def evaluate(model, head, task, episodes, a, device, ctx, inner=None, temperatur
                 if temperature:
                     pairs[when].append((logits.float(), y))
     r = {f"episode_{k}": float(np.mean(v)) if v else None for k, v in out.items()}
+    if chosen:  # TAMS: per block, how many val episodes chose each op (SwiGLU, skip, low-rank)
+        ops = torch.stack(chosen)  # (episodes, L)
+        r["tams_choices"] = [[int((ops[:, i] == o).sum()) for o in range(3)] for i in range(ops.shape[1])]
     for when, p in pairs.items():
         if p:
             r[f"episode_loss_{when}_best_t"], r[f"episode_t_{when}"] = best_temperature(p)

@@ -15,6 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 CL100K_VOCAB = 100_277  # cl100k_base, special tokens included
+TAMS_RANK = 16  # the rank of TAMS's low-rank candidate op
 
 
 def pad_vocab(n, multiple=128):
@@ -37,6 +38,7 @@ class ModelArgs:
     norm_eps: float = 1e-6
     tarp: str = ""  # "", "static" or "dynamic": every block matrix is a TARPLinear (meta.py, --tarp)
     tarp_rank: int = 0
+    tams: bool = False  # a choice of op on each block's MLP path, made per episode by a controller (--tams)
 
 
 PRESETS = {  # name -> d_model; everything else is shared
@@ -47,12 +49,12 @@ PRESETS = {  # name -> d_model; everything else is shared
 }
 
 
-def preset(size, vocab_size=pad_vocab(CL100K_VOCAB), block_size=2048, tarp="", tarp_rank=0):
+def preset(size, vocab_size=pad_vocab(CL100K_VOCAB), block_size=2048, tarp="", tarp_rank=0, tams=False):
     if size not in PRESETS:
         raise ValueError(f"--size {size!r} is not a preset; choose one of {', '.join(PRESETS)}")
     d = PRESETS[size]
     return ModelArgs(vocab_size=pad_vocab(vocab_size), d_model=d, hidden_dim=4 * d, block_size=block_size, tarp=tarp,
-                     tarp_rank=tarp_rank)
+                     tarp_rank=tarp_rank, tams=tams)
 
 
 class TARPLinear(nn.Linear):
@@ -173,11 +175,15 @@ class Block(nn.Module):
         self.mlp_norm = RMSNorm(a.d_model, a.norm_eps)
         self.mlp = MLP(a)
 
-    def forward(self, x, cos, sin, explicit=False):
+    def forward(self, x, cos, sin, explicit=False, arch=None):
         h, probs = self.attn(self.attn_norm(x), cos, sin, explicit)
         x = x + h
-        x = x + self.mlp(self.mlp_norm(x))
-        return x, probs
+        if arch is None:
+            return x + self.mlp(self.mlp_norm(x)), probs
+        # TAMS: arch (3,) is a one-hot over {this SwiGLU, skip, a low-rank linear}, with a
+        # straight-through gradient; skip adds nothing. Every op runs, so each gets a gradient
+        m = self.mlp_norm(x)
+        return x + arch[0] * self.mlp(m) + arch[2] * self.lowrank(m), probs
 
 
 class Transformer(nn.Module):
@@ -202,13 +208,34 @@ class Transformer(nn.Module):
         for name, p in self.named_parameters():  # after the rest, so W0 is the plain model's at the same seed
             if name.endswith(("tarp_u", "tarp_v")):  # unit-scale random directions; the shift starts at 0 via S
                 nn.init.normal_(p, mean=0.0, std=1.0 / math.sqrt(p.shape[0]))
+        if a.tams:  # made last, so that the rest is the plain model's init at the same seed
+            for layer in self.layers:  # the candidate low-rank op; its up-projection starts at 0 (= skip)
+                layer.lowrank = nn.Sequential(nn.Linear(a.d_model, TAMS_RANK, bias=False),
+                                              nn.Linear(TAMS_RANK, a.d_model, bias=False))
+                nn.init.normal_(layer.lowrank[0].weight, std=0.02)
+                nn.init.zeros_(layer.lowrank[1].weight)
+            self.controller = nn.Sequential(nn.Linear(a.d_model, 128), nn.ReLU(), nn.Linear(128, 3 * a.n_layer))
+            nn.init.zeros_(self.controller[2].weight)  # every block starts on its own SwiGLU (logit +1)
+            with torch.no_grad():
+                self.controller[2].bias.copy_(torch.tensor([1.0, 0.0, 0.0]).repeat(a.n_layer))
 
     @staticmethod
     def _init_weights(m):
         if isinstance(m, (nn.Linear, nn.Embedding)):
             nn.init.normal_(m.weight, mean=0.0, std=0.02)
 
-    def forward(self, idx, targets=None, hidden=False, trace=None):
+    def choose(self, idx):
+        """TAMS (Hou et al. 2022): the task embedding z, the mean token embedding of idx (the
+        support set), through the controller gives each block's op logits; the forward pass uses
+        the argmax, and the gradient reaches the controller through the softmax
+        (straight-through). Returns (n_layer, 3). z is detached: the search steers the
+        controller, not the embeddings."""
+        z = self.tok_emb(idx).mean((0, 1)).detach()  # (d,)
+        soft = self.controller(z).view(self.args.n_layer, 3).softmax(-1)  # (L, 3)
+        hard = F.one_hot(soft.argmax(-1), 3).to(soft.dtype)
+        return (hard - soft).detach() + soft
+
+    def forward(self, idx, targets=None, hidden=False, trace=None, arch=None):
         """idx (B, T) token ids. Returns the mean next-token loss when targets (B, T) are given,
         else the logits (B, T, V); or the final hidden states (B, T, d), after the final norm,
         when hidden=True. The same answer on every device: how the loss is computed is the
@@ -222,8 +249,8 @@ class Transformer(nn.Module):
         if explicit:
             trace["act"], trace["attn"] = [], []
         x = self.tok_emb(idx)  # (B, T, d)
-        for layer in self.layers:
-            x, probs = layer(x, cos, sin, explicit)
+        for i, layer in enumerate(self.layers):
+            x, probs = layer(x, cos, sin, explicit, None if arch is None else arch[i])
             if explicit:
                 trace["act"].append(x)
                 trace["attn"].append(probs)
@@ -318,8 +345,12 @@ def count_params(a: ModelArgs):
         r, d, dk, h = a.tarp_rank, a.d_model, a.n_kv_head * hd, a.hidden_dim
         shapes = [(d, a.n_head * hd), (d, dk), (d, dk), (a.n_head * hd, d), (d, h), (d, h), (h, d)]
         per_layer += sum((i + o) * r + (r * r * i if a.tarp == "dynamic" else r * r) for i, o in shapes)
+    if a.tams:  # each block's low-rank op, and the controller d -> 128 -> 3 per block (with biases)
+        per_layer += 2 * a.d_model * TAMS_RANK
     embedding = a.vocab_size * a.d_model  # tied, so counted once
     non_embedding = a.n_layer * per_layer + a.d_model  # + final norm
+    if a.tams:
+        non_embedding += (a.d_model + 1) * 128 + 129 * 3 * a.n_layer
     return embedding + non_embedding, non_embedding
 
 

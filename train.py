@@ -277,6 +277,8 @@ def log_row(run, a, row):
                + (f", val episodes acc {row['episode_acc_before']:.3f} -> {row['episode_acc_after']:.3f}"
                   if "episode_acc_before" in row else "")
                + "".join(f", {n} {v['bpb']:.3f} bits/byte" for n, v in row.get("eval_text", {}).items()))
+    if "tams_choices" in row:  # per block, the op most val episodes chose: S(wiGLU), k (skip), L(ow-rank)
+        tqdm.write("tams ops per block: " + "".join("SkL"[max(range(3), key=c.__getitem__)] for c in row["tams_choices"]))
     if "sample" in row:
         tqdm.write(f"sample: {a.sample_prompt + row['sample']!r}")
 
@@ -314,7 +316,7 @@ def setup(a, rank, world, device, dtype, ctx):
     if a.meta or a.eval_episodes:
         task = ddp.agree(lambda: tasks.make(a, Path(data_dir), dmeta, train_tok, val_tok), rank, world, "rank0_first")
     torch.manual_seed(a.seed)
-    margs = preset(a.size, dmeta["vocab_size"], a.block_size, a.tarp, a.inner_rank if a.tarp else 0)
+    margs = preset(a.size, dmeta["vocab_size"], a.block_size, a.tarp, a.inner_rank if a.tarp else 0, a.tams)
     model = checkpoint.build_model(ckpt, device) if ckpt else Transformer(margs).to(device)
     head = (task.make_head(model.args.d_model, model.args.vocab_size) if task else nn.ParameterDict()).to(device)
     inner = (meta.make_inner_lrs(a, meta.fast_names(model, head, task, a)) if task else nn.ParameterDict()).to(device)

@@ -76,9 +76,10 @@ def use_compile(backend="inductor"):
     _call = torch.compile(functional_call, backend=backend) if backend else functional_call
 
 
-def decoder(model, params, x, hidden=False):
-    """The decoder run with the weights in params: logits, or hidden states if hidden."""
-    return _call(model, params, (x,), {"hidden": hidden})
+def decoder(model, params, x, hidden=False, arch=None):
+    """The decoder run with the weights in params: logits, or hidden states if hidden; arch:
+    the episode's TAMS choice of ops (meta.with_arch), or None."""
+    return _call(model, params, (x,), {"hidden": hidden} if arch is None else {"hidden": hidden, "arch": arch})
 
 
 def with_backbone(model, fast):

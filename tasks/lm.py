@@ -38,10 +38,10 @@ class LM(Task):
         return {n: params[n] for n in names}, ep
 
     def support(self, model, fast, ep):
-        return decoder(model, with_backbone(model, fast), ep["xs"]), ep["ys"]  # (n, L, V) logits
+        return decoder(model, with_backbone(model, fast), ep["xs"], arch=ep.get("arch")), ep["ys"]  # (n, L, V) logits
 
     def query(self, model, fast, ep):
-        return decoder(model, with_backbone(model, fast), ep["xq"]), ep["yq"]
+        return decoder(model, with_backbone(model, fast), ep["xq"], arch=ep.get("arch")), ep["yq"]
 
     def tokens_per_episode(self):
         return (self.a.k_shot + self.a.n_query) * self.a.episode_len

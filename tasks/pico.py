@@ -75,16 +75,17 @@ class Pico(Task):
         head-only inner loop, so its support features are computed once, here."""
         params = dict(model.named_parameters())
         with torch.no_grad():
-            fs = feats(model, params, ep["xs"], ep["ps"])
+            fs = feats(model, params, ep["xs"], ep["ps"], ep.get("arch"))
         fast = {n: params[n] for n in names} | {"head." + n: w for n, w in head.named_parameters()}
         return fast, ep | {"fs": fs, "head": head, "adapts_backbone": bool(names)}
 
     def support(self, model, fast, ep):
-        f = feats(model, with_backbone(model, fast), ep["xs"], ep["ps"]) if ep["adapts_backbone"] else ep["fs"]
+        f = feats(model, with_backbone(model, fast), ep["xs"], ep["ps"], ep.get("arch")) if ep["adapts_backbone"] else ep["fs"]
         return logits(ep["head"], f, fast, ep["classes"]), ep["ys"]
 
     def query(self, model, fast, ep):
-        return logits(ep["head"], feats(model, with_backbone(model, fast), ep["xq"], ep["pq"]), fast, ep["classes"]), ep["yq"]
+        f = feats(model, with_backbone(model, fast), ep["xq"], ep["pq"], ep.get("arch"))
+        return logits(ep["head"], f, fast, ep["classes"]), ep["yq"]
 
     # ------------------------------------------------------------------------- accounting
 
@@ -97,8 +98,8 @@ class Pico(Task):
                 f"positions, labels outside the classes {'ignored' if a.pico_drop_outside else 'set to class 0'}")
 
 
-def feats(model, params, x, p):
-    return decoder(model, params, x, hidden=True)[:, p].flatten(0, 1).float()  # (B, K, d) -> (B*K, d)
+def feats(model, params, x, p, arch=None):
+    return decoder(model, params, x, hidden=True, arch=arch)[:, p].flatten(0, 1).float()  # (B, K, d) -> (B*K, d)
 
 
 def logits(head, f, fast, classes):

@@ -83,18 +83,18 @@ class SMLMT(Task):
         scale = head["log_scale"].exp()
         params = dict(model.named_parameters())
         with torch.set_grad_enabled(self.a.proto_grad and torch.is_grad_enabled()):
-            fs = features(model, params, ep["xs"], ep["ps"], self.a.episode_feature) * scale  # (N*K, d), scaled
+            fs = features(model, params, ep["xs"], ep["ps"], self.a.episode_feature, ep.get("arch")) * scale  # (N*K, d)
         fast = {n: params[n] for n in names} | proto_head(fs, ep["ys"], self.a.n_way)
         return fast, ep | {"fs": fs, "scale": scale, "adapts_backbone": bool(names)}
 
     def support(self, model, fast, ep):  # head only: the cached features, no backbone pass
         if not ep["adapts_backbone"]:
             return logits(ep["fs"].detach(), fast), ep["ys"]
-        f = features(model, with_backbone(model, fast), ep["xs"], ep["ps"], self.a.episode_feature)
+        f = features(model, with_backbone(model, fast), ep["xs"], ep["ps"], self.a.episode_feature, ep.get("arch"))
         return logits(f * ep["scale"].detach(), fast), ep["ys"]
 
     def query(self, model, fast, ep):
-        f = features(model, with_backbone(model, fast), ep["xq"], ep["pq"], self.a.episode_feature)
+        f = features(model, with_backbone(model, fast), ep["xq"], ep["pq"], self.a.episode_feature, ep.get("arch"))
         return logits(f * ep["scale"], fast), ep["yq"]
 
     def units(self, ep):
@@ -129,14 +129,14 @@ def logits(f, fast):
         return f @ fast["head.w"].T + fast["head.b"]  # (n, N)
 
 
-def features(model, params, x, p, kind):
+def features(model, params, x, p, kind, arch=None):
     """One hidden state per window, after the final norm, in float32."""
     if kind in ("mask", "before-mask"):
         # the decoder is causal, so the state at p (or p - 1) never sees the tokens after p:
         # the windows can end there. SMLMT puts p in [L/4, 3L/4), so this drops about a
         # quarter of every window. Rounded up to 16 tokens so that --compile sees few shapes
         x = x[:, : min(x.shape[1], -(-(int(p.max()) + 1) // 16) * 16)]  # (n, L') with L' > max p
-    h = decoder(model, params, x, hidden=True)  # (n, L', d)
+    h = decoder(model, params, x, hidden=True, arch=arch)  # (n, L', d)
     rows = torch.arange(len(x), device=x.device)
     if kind == "last":  # the only position that has seen the whole window
         f = h[:, -1]

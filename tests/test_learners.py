@@ -233,3 +233,44 @@ def test_tarp_trains_adapts_only_the_shifts_and_resumes_exactly(data_dir, tmp_pa
     a, eps, model, _, head = setup(data_dir, *common)
     names = meta.adapted_names(Transformer(preset("11m", 256, 32, "dynamic", 4)), "top-1")
     assert names and all(".tarp_" in n and n.startswith("layers.11.") for n in names) and len(names) == 21
+
+
+# ----------------------------------------------------------------------------- TAMS (--tams): the model search
+
+def test_tams_ops_change_the_forward_pass_and_swiglu_everywhere_is_the_plain_model():
+    torch.manual_seed(0)
+    plain = Transformer(preset("11m", 256, 32))
+    torch.manual_seed(0)
+    tams = Transformer(preset("11m", 256, 32, tams=True))
+    with torch.no_grad():
+        for layer in tams.layers:
+            layer.lowrank[1].weight.normal_(std=0.02)  # a low-rank op that does something
+    x = torch.randint(0, 256, (2, 16))
+    one_hot = lambda op: F.one_hot(torch.full((12,), op), 3).float()
+    outs = [tams(x, arch=one_hot(op)) for op in range(3)]
+    assert torch.equal(outs[0], plain(x)) and torch.equal(tams(x), plain(x))  # SwiGLU everywhere, or no arch
+    assert not torch.allclose(outs[0], outs[1]) and not torch.allclose(outs[1], outs[2])  # skip, low-rank differ
+    assert (tams.choose(x).argmax(-1) == 0).all()  # the controller starts on every block's own SwiGLU
+
+
+def test_tams_straight_through_gradient_reaches_the_controller(data_dir):
+    a, eps, model, _, head = setup(data_dir, "--task", "lm", "--inner-params", "top-1", "--tams")
+    torch.manual_seed(0)
+    model = Transformer(preset("11m", 256, 32, tams=True))
+    loss, _ = meta.meta_loss(model, head, eps, eps.train_episode(0, "cpu"), a)
+    loss.backward()
+    last = model.controller[2]
+    assert last.weight.grad is not None and last.weight.grad.abs().sum() > 0 and last.bias.grad.abs().sum() > 0
+    assert all(p.grad is not None for p in model.layers[11].lowrank.parameters())  # the low-rank op learns too
+    assert not any(n.startswith("controller.") for n in meta.adapted_names(model, "all"))  # chosen, never adapted
+
+
+def test_tams_trains_logs_its_choices_and_resumes_exactly(data_dir, tmp_path):
+    common = ("--meta", "--meta-start", 0, "--task", "lm", "--inner-params", "top-1", "--tams")
+    full = run_train(data_dir, tmp_path / "full", "--max-steps", 10, "--eval-every", 5, *common)
+    run_train(data_dir, tmp_path / "half", "--max-steps", 5, "--decay-steps", 10, "--eval-every", 5, *common)
+    resumed = run_train(data_dir, tmp_path / "half", "--resume", "--max-steps", 10)
+    keys = ("val_loss", "meta_loss", "episode_loss_before", "episode_loss_after", "tams_choices")
+    assert [resumed[-1][k] for k in keys] == [full[-1][k] for k in keys] and full[-1]["meta_steps"] > 0
+    choices = full[-1]["tams_choices"]  # per block, val episodes per op
+    assert len(choices) == 12 and all(sum(c) == 2 for c in choices)  # TINY: 2 val episodes
