@@ -71,7 +71,10 @@ LEARNERS = {"top-2": ["--inner-params", "top-2"],
             "top-2, rank 4": ["--inner-params", "top-2", "--inner-rank", "4"],
             "all, rank 4": ["--inner-params", "all", "--inner-rank", "4"],
             "all": ["--inner-params", "all"],
-            "reptile, top-2": ["--outer", "reptile", "--inner-params", "top-2"]}
+            "reptile, top-2": ["--outer", "reptile", "--inner-params", "top-2"],
+            "adamw, top-2": ["--inner-opt", "adamw", "--inner-params", "top-2"],
+            "tarp dynamic r4, top-2": ["--tarp", "dynamic", "--inner-rank", "4", "--inner-params", "top-2"],
+            "tams, top-2": ["--tams", "--inner-params", "top-2"]}
 
 
 def rss_kib(field):
