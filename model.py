@@ -209,11 +209,13 @@ class Transformer(nn.Module):
             if name.endswith(("tarp_u", "tarp_v")):  # unit-scale random directions; the shift starts at 0 via S
                 nn.init.normal_(p, mean=0.0, std=1.0 / math.sqrt(p.shape[0]))
         if a.tams:  # made last, so that the rest is the plain model's init at the same seed
-            for layer in self.layers:  # the candidate low-rank op; its up-projection starts at 0 (= skip)
+            for layer in self.layers:  # the candidate low-rank op, initialised as a residual projection is
                 layer.lowrank = nn.Sequential(nn.Linear(a.d_model, TAMS_RANK, bias=False),
                                               nn.Linear(TAMS_RANK, a.d_model, bias=False))
                 nn.init.normal_(layer.lowrank[0].weight, std=0.02)
-                nn.init.zeros_(layer.lowrank[1].weight)
+                # not zero: an op whose output is 0 gives its logit no straight-through gradient, and
+                # the controller never learns to prefer it (measured: results/README.md, 2026-12-02)
+                nn.init.normal_(layer.lowrank[1].weight, std=0.02 / math.sqrt(2 * a.n_layer))
             self.controller = nn.Sequential(nn.Linear(a.d_model, 128), nn.ReLU(), nn.Linear(128, 3 * a.n_layer))
             nn.init.zeros_(self.controller[2].weight)  # every block starts on its own SwiGLU (logit +1)
             with torch.no_grad():
