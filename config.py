@@ -149,7 +149,7 @@ def add_meta_args(p):
                    help="adapt each adapted backbone matrix W as W + U V of rank R (U from zero, V fixed random "
                         "directions per episode; MLtD-style low-rank adaptation); 0 = adapt W itself")
     g.add_argument("--inner-rank-learn-v", action="store_true", help="with --inner-rank: adapt V as well as U")
-    g.add_argument("--tarp", default="", choices=["", "static", "dynamic"],
+    g.add_argument("--tarp", default=None, choices=["static", "dynamic"],
                    help="Meta-Learning the Difference's TARP (model.TARPLinear): every block matrix gains a shift V S U^T "
                         "of rank --inner-rank, S learned (static) or made from each token (dynamic); U, V and S are "
                         "learned in the outer loop, and the inner loop adapts them, not the matrices")

@@ -121,7 +121,7 @@ def score(a, task, dmeta):
     torch.manual_seed(a.seed)
     ckpt = checkpoint.load(a.ckpt, fallback=False) if a.ckpt else None
     model = checkpoint.build_model(ckpt) if ckpt else Transformer(
-        preset("11m", dmeta["vocab_size"], a.block_size, a.tarp, a.inner_rank if a.tarp else 0, a.tams))
+        preset("11m", dmeta["vocab_size"], a.block_size, a.tarp or "", a.inner_rank if a.tarp else 0, a.tams))
     head = task.make_head(model.args.d_model, model.args.vocab_size)
     if ckpt and ckpt.get("config", {}).get("task") == a.task and "meta_head" in ckpt:
         head.load_state_dict(ckpt["meta_head"])  # the trained temperature / pico MLP

@@ -316,7 +316,7 @@ def setup(a, rank, world, device, dtype, ctx):
     if a.meta or a.eval_episodes:
         task = ddp.agree(lambda: tasks.make(a, Path(data_dir), dmeta, train_tok, val_tok), rank, world, "rank0_first")
     torch.manual_seed(a.seed)
-    margs = preset(a.size, dmeta["vocab_size"], a.block_size, a.tarp, a.inner_rank if a.tarp else 0, a.tams)
+    margs = preset(a.size, dmeta["vocab_size"], a.block_size, a.tarp or "", a.inner_rank if a.tarp else 0, a.tams)
     model = checkpoint.build_model(ckpt, device) if ckpt else Transformer(margs).to(device)
     head = (task.make_head(model.args.d_model, model.args.vocab_size) if task else nn.ParameterDict()).to(device)
     inner = (meta.make_inner_lrs(a, meta.fast_names(model, head, task, a)) if task else nn.ParameterDict()).to(device)
