@@ -275,7 +275,7 @@ def log_row(run, a, row):
         f.write(json.dumps(row) + "\n")
     tqdm.write(f"eval step {row['step']}: val loss {row['val_loss']:.4f} (ppl {math.exp(row['val_loss']):.1f})"
                + (f", val episodes acc {row['episode_acc_before']:.3f} -> {row['episode_acc_after']:.3f}"
-                  if "episode_acc_before" in row else "")
+                  if row.get("episode_acc_before") is not None else "")  # --eval-episodes 0 scores none
                + "".join(f", {n} {v['bpb']:.3f} bits/byte" for n, v in row.get("eval_text", {}).items()))
     if "tams_choices" in row:  # per block, the op most val episodes chose: S(wiGLU), k (skip), L(ow-rank)
         tqdm.write("tams ops per block: " + "".join("SkL"[max(range(3), key=c.__getitem__)] for c in row["tams_choices"]))
