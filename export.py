@@ -113,7 +113,7 @@ def write_tokenizer(out, dmeta):
     return "tokenizer.json written (cl100k_base, the same ids; the SMLMT mask as <|mask|>)"
 
 
-def export(ckpt_path, out, permute=True):
+def export(ckpt_path, out, permute=True, tokenizer=True):
     ckpt = checkpoint.load(ckpt_path, fallback=False)
     a, dmeta = ckpt["model_args"], ckpt["data_meta"]
     if a.get("tarp") or a.get("tams"):
@@ -123,7 +123,7 @@ def export(ckpt_path, out, permute=True):
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(hf_config(a, dmeta), indent=2))
     save_safetensors(hf_state_dict(ckpt["model"], a, permute), out / "model.safetensors")
-    note = write_tokenizer(out, dmeta)
+    note = write_tokenizer(out, dmeta) if tokenizer else "tokenizer not written (--no-tokenizer)"
     (out / "README.md").write_text(f"# {Path(ckpt_path)} as a Hugging Face Llama\n\nExported by metalm's export.py "
                                    f"from step {ckpt['step']}.\n\n{ids_note(a, dmeta)}\n- {note}.\n")
     return note
@@ -134,9 +134,10 @@ def main(argv=None):
                                 allow_abbrev=False)
     p.add_argument("--ckpt", required=True, help="a train.py checkpoint")
     p.add_argument("--out", required=True, help="the directory to write (config.json, model.safetensors, ...)")
+    p.add_argument("--no-tokenizer", action="store_true", help="write the model only (the tokenizer takes seconds)")
     a = p.parse_args(argv)
     try:
-        note = export(a.ckpt, a.out)
+        note = export(a.ckpt, a.out, tokenizer=not a.no_tokenizer)
     except UserError as e:
         sys.exit(f"export.py: error: {e}")
     print(f"wrote {a.out}: config.json, model.safetensors, README.md; {note}")

@@ -18,6 +18,16 @@ def full_vocab_dir(tmp_path_factory, corpus_txt):
     return out
 
 
+@pytest.fixture(scope="module")
+def runs(data_dir, full_vocab_dir, tmp_path_factory):
+    """A 2-step checkpoint per vocabulary, trained once for the tests below."""
+    out = {}
+    for vocab, d in (("trimmed", data_dir), ("full", full_vocab_dir)):
+        out[vocab] = tmp_path_factory.mktemp(vocab) / "run"
+        run_train(d, out[vocab], "--max-steps", 2, "--eval-every", 2, "--eval-episodes", 0)
+    return out
+
+
 def logits_gap(ckpt, hf_dir, vocab):
     ours = checkpoint.build_model(checkpoint.load(ckpt)).eval()
     hf = transformers.LlamaForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
@@ -31,13 +41,12 @@ def logits_gap(ckpt, hf_dir, vocab):
 
 
 @pytest.mark.parametrize("vocab", ["trimmed", "full"])
-def test_hf_llama_gives_our_logits_and_needs_the_qk_permutation(data_dir, full_vocab_dir, tmp_path, vocab):
+def test_hf_llama_gives_our_logits_and_needs_the_qk_permutation(data_dir, full_vocab_dir, runs, tmp_path, vocab):
     d = data_dir if vocab == "trimmed" else full_vocab_dir
-    run_train(d, tmp_path / "run", "--max-steps", 2, "--eval-every", 2, "--eval-episodes", 0)
-    ckpt, n = tmp_path / "run" / "ckpt.pt", data.load_meta(d)["vocab_size"]
-    export.export(ckpt, tmp_path / "hf")
+    ckpt, n = runs[vocab] / "ckpt.pt", data.load_meta(d)["vocab_size"]
+    export.export(ckpt, tmp_path / "hf", tokenizer=vocab == "trimmed")  # the full tokenizer: tested below
     assert logits_gap(ckpt, tmp_path / "hf", n) < 1e-4
-    export.export(ckpt, tmp_path / "hf_unpermuted", permute=False)  # loads and runs, and is wrong
+    export.export(ckpt, tmp_path / "hf_unpermuted", permute=False, tokenizer=False)  # loads and runs, and is wrong
     assert logits_gap(ckpt, tmp_path / "hf_unpermuted", n) > 1e-3
     cfg = transformers.AutoConfig.from_pretrained(tmp_path / "hf")
     assert cfg.tie_word_embeddings and cfg.num_key_value_heads == 4 and cfg.vocab_size % 128 == 0
@@ -46,9 +55,8 @@ def test_hf_llama_gives_our_logits_and_needs_the_qk_permutation(data_dir, full_v
     assert ("no tokenizer written: this checkpoint's trimmed vocabulary" in readme) == (vocab == "trimmed")
 
 
-def test_a_full_vocabulary_export_tokenizes_as_the_project_does(full_vocab_dir, tmp_path):
-    run_train(full_vocab_dir, tmp_path / "run", "--max-steps", 0, "--eval-episodes", 0)
-    export.export(tmp_path / "run" / "ckpt.pt", tmp_path / "hf")
+def test_a_full_vocabulary_export_tokenizes_as_the_project_does(full_vocab_dir, runs, tmp_path):
+    export.export(runs["full"] / "ckpt.pt", tmp_path / "hf")
     hf_tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
     ours = data.Tokenizer(data.load_meta(full_vocab_dir), full_vocab_dir)
     text = "Alice painted the violin near the harbor in Vienna. Émile's café: 1,234 naïve “quotes”\n\tand tabs."
