@@ -27,7 +27,7 @@ import torch
 import config
 import meta as metalib
 import train
-from model import count_params, flops_per_token, peak_flops
+from model import count_params
 
 
 def timed(fn, warmup, steps, device):
@@ -159,12 +159,10 @@ def measure(b, a, run):
     if b.meta_only:
         return print(json.dumps(meta_only(b, meta_step, episodes)))
     total, non_emb = count_params(margs)
-    lm_tokens = a.batch_size * a.block_size
+    lm_tokens, lm_flops, peak = run.lm_tokens, run.lm_flops, run.peak  # as train.py counts them
     mm = {d: matmul_flops(b.device, getattr(torch, d)) for d in ("float32", "bfloat16")}
     lm_ms = timed(lm_step, b.warmup, b.steps, b.device)
     meta_ms = timed(meta_step, b.warmup, b.steps, b.device)
-    lm_flops = flops_per_token(margs, a.block_size) * lm_tokens
-    peak = peak_flops(b.device)
     r = {"size": b.size, "device": b.device, "dtype": b.dtype, "compile": b.compile, "threads": torch.get_num_threads(),
          "batch_size": a.batch_size, "block_size": a.block_size, "vocab_size": margs.vocab_size,
          "lm_ms": lm_ms, "meta_ms": meta_ms, "meta_over_lm": meta_ms / lm_ms, "lm_tok_s": lm_tokens / lm_ms * 1000,
@@ -174,9 +172,9 @@ def measure(b, a, run):
          "mfu": lm_flops / (lm_ms / 1000) / peak if peak else None,
          "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if b.device == "cuda" else None}
     if b.profile:
-        for name, step in (("LM", lm_step), ("meta", meta_step)):
+        for name, fn in (("LM", lm_step), ("meta", meta_step)):
             print(f"== {name} step profile", file=sys.stderr)
-            profile(step, b.device)
+            profile(fn, b.device)
     if b.json:
         return print(json.dumps(r))
     print(f"{b.size}, vocab {margs.vocab_size:,}, {total:,} params ({non_emb:,} non-embedding), "

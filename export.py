@@ -15,12 +15,11 @@ permuted per head, as Meta's own conversion does. Skipping it still loads and ru
 wrong: tests/test_export.py compares the logits.
 """
 import argparse
+import base64
 import json
 import struct
 import sys
 from pathlib import Path
-
-import torch
 
 import checkpoint
 import data as datalib
@@ -101,7 +100,6 @@ def write_tokenizer(out, dmeta):
     enc = datalib.cl100k()
     (out / "tiktoken").mkdir(parents=True, exist_ok=True)
     ranks = out / "tiktoken" / "cl100k_base.tiktoken"
-    import base64
     ranks.write_text("".join(f"{base64.b64encode(t).decode()} {r}\n" for t, r in enc._mergeable_ranks.items()))
     bpe = TikTokenConverter(vocab_file=str(ranks), pattern=enc._pat_str, extra_special_tokens={}).converted()
     # added tokens take the next free id, so they go in id order, cl100k's unassigned ids as placeholders

@@ -314,7 +314,7 @@ def setup(a, rank, world, device, dtype, ctx):
     tok = datalib.Tokenizer(dmeta, data_dir)
     task = None  # a run that takes no meta step and scores no episode needs no episode index
     if a.meta or a.eval_episodes:
-        task = ddp.agree(lambda: tasks.make(a, Path(data_dir), dmeta, train_tok, val_tok), rank, world, "rank0_first")
+        task = ddp.agree(lambda: tasks.make(a, Path(data_dir), dmeta, train_tok, val_tok, tok), rank, world, "rank0_first")
     torch.manual_seed(a.seed)
     margs = preset(a.size, dmeta["vocab_size"], a.block_size, a.tarp or "", a.inner_rank if a.tarp else 0, a.tams)
     model = checkpoint.build_model(ckpt, device) if ckpt else Transformer(margs).to(device)

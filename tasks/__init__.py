@@ -6,6 +6,7 @@ TASK = YourClass line, and its row in config.TASK_DEFAULTS; nothing else changes
 import importlib
 
 
-def make(a, data_dir, dmeta, train_tok, val_tok):
-    """The task --task names (tasks/<name>.py), its episode index built over both splits."""
-    return importlib.import_module(f"tasks.{a.task}").TASK(a, data_dir, dmeta, train_tok, val_tok)
+def make(a, data_dir, dmeta, train_tok, val_tok, tok=None):
+    """The task --task names (tasks/<name>.py), its episode index built over both splits; tok:
+    the run's tokenizer, when the caller has one already."""
+    return importlib.import_module(f"tasks.{a.task}").TASK(a, data_dir, dmeta, train_tok, val_tok, tok)

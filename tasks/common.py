@@ -4,7 +4,8 @@ use (the decoder run with fast weights, the loss, the accuracy).
 
 A task is one unit: its episode builder and its head side by side. meta.py asks it for
   start(model, head, ep, names) -> (fast, ep)  the starting fast weights, and the episode with
-                                              whatever it caches for the inner loop (features)
+                                              what it caches for the inner loop (the decoder's
+                                              weights as ep["params"], features)
   support(model, fast, ep) / query(model, fast, ep) -> (logits, targets) for fast weights
   units(ep)                                    a multiplier of the inner step per tensor (default 1)
 and train.py for train_episode(i, device), val_episodes(), describe(). Fast-weight names that
@@ -26,8 +27,8 @@ TENSORS = ("xs", "ys", "xq", "yq", "ps", "pq", "classes")  # what moves to the d
 class Task:
     """The shared half of a task: data splits, the tokenizer, the episode streams."""
 
-    def __init__(self, a, data_dir, dmeta, train_tok, val_tok):
-        self.a, self.tok, self.dmeta = a, datalib.Tokenizer(dmeta, data_dir), dmeta
+    def __init__(self, a, data_dir, dmeta, train_tok, val_tok, tok=None):
+        self.a, self.tok, self.dmeta = a, tok or datalib.Tokenizer(dmeta, data_dir), dmeta
         self.data_dir = data_dir
         self.splits = {"train": train_tok, "val": val_tok}
         self._val = None
@@ -82,9 +83,10 @@ def decoder(model, params, x, hidden=False, arch=None):
     return _call(model, params, (x,), {"hidden": hidden} if arch is None else {"hidden": hidden, "arch": arch})
 
 
-def with_backbone(model, fast):
-    """The decoder's full weight dict with the fast weights that belong to it swapped in."""
-    return {**dict(model.named_parameters()), **{n: w for n, w in fast.items() if not n.startswith("head.")}}
+def with_backbone(ep, fast):
+    """The decoder's full weight dict (ep["params"], taken once per episode by start) with the fast
+    weights that belong to it swapped in."""
+    return {**ep["params"], **{n: w for n, w in fast.items() if not n.startswith("head.")}}
 
 
 def fp32(device):

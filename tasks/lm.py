@@ -9,8 +9,8 @@ from tasks.common import Task, decoder, with_backbone
 
 
 class LM(Task):
-    def __init__(self, a, data_dir, dmeta, train_tok, val_tok):
-        super().__init__(a, data_dir, dmeta, train_tok, val_tok)
+    def __init__(self, a, data_dir, dmeta, train_tok, val_tok, tok=None):
+        super().__init__(a, data_dir, dmeta, train_tok, val_tok, tok)
         need = (a.k_shot + a.n_query) * (a.episode_len + 1)
         self.index = {}
         for s, t in self.splits.items():  # documents long enough for K + Q sequences
@@ -35,13 +35,13 @@ class LM(Task):
 
     def start(self, model, head, ep, names):
         params = dict(model.named_parameters())
-        return {n: params[n] for n in names}, ep
+        return {n: params[n] for n in names}, ep | {"params": params}
 
     def support(self, model, fast, ep):
-        return decoder(model, with_backbone(model, fast), ep["xs"], arch=ep.get("arch")), ep["ys"]  # (n, L, V) logits
+        return decoder(model, with_backbone(ep, fast), ep["xs"], arch=ep.get("arch")), ep["ys"]  # (n, L, V) logits
 
     def query(self, model, fast, ep):
-        return decoder(model, with_backbone(model, fast), ep["xq"], arch=ep.get("arch")), ep["yq"]
+        return decoder(model, with_backbone(ep, fast), ep["xq"], arch=ep.get("arch")), ep["yq"]
 
     def tokens_per_episode(self):
         return (self.a.k_shot + self.a.n_query) * self.a.episode_len

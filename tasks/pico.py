@@ -20,8 +20,8 @@ from tasks.common import Task, decoder, fp32, with_backbone
 
 
 class Pico(Task):
-    def __init__(self, a, data_dir, dmeta, train_tok, val_tok):
-        super().__init__(a, data_dir, dmeta, train_tok, val_tok)
+    def __init__(self, a, data_dir, dmeta, train_tok, val_tok, tok=None):
+        super().__init__(a, data_dir, dmeta, train_tok, val_tok, tok)
         for s, t in self.splits.items():
             if len(t) <= a.block_size or a.k_shot + 1 > a.block_size:
                 raise UserError(f"--task pico needs {data_dir}/{s}.bin longer than --block-size and --k-shot below "
@@ -77,14 +77,14 @@ class Pico(Task):
         with torch.no_grad():
             fs = feats(model, params, ep["xs"], ep["ps"], ep.get("arch"))
         fast = {n: params[n] for n in names} | {"head." + n: w for n, w in head.named_parameters()}
-        return fast, ep | {"fs": fs, "head": head, "adapts_backbone": bool(names)}
+        return fast, ep | {"params": params, "fs": fs, "head": head, "adapts_backbone": bool(names)}
 
     def support(self, model, fast, ep):
-        f = feats(model, with_backbone(model, fast), ep["xs"], ep["ps"], ep.get("arch")) if ep["adapts_backbone"] else ep["fs"]
+        f = feats(model, with_backbone(ep, fast), ep["xs"], ep["ps"], ep.get("arch")) if ep["adapts_backbone"] else ep["fs"]
         return logits(ep["head"], f, fast, ep["classes"]), ep["ys"]
 
     def query(self, model, fast, ep):
-        f = feats(model, with_backbone(model, fast), ep["xq"], ep["pq"], ep.get("arch"))
+        f = feats(model, with_backbone(ep, fast), ep["xq"], ep["pq"], ep.get("arch"))
         return logits(ep["head"], f, fast, ep["classes"]), ep["yq"]
 
     # ------------------------------------------------------------------------- accounting

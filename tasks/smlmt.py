@@ -28,8 +28,8 @@ from tasks.common import Task, decoder, fp32, with_backbone
 
 
 class SMLMT(Task):
-    def __init__(self, a, data_dir, dmeta, train_tok, val_tok):
-        super().__init__(a, data_dir, dmeta, train_tok, val_tok)
+    def __init__(self, a, data_dir, dmeta, train_tok, val_tok, tok=None):
+        super().__init__(a, data_dir, dmeta, train_tok, val_tok, tok)
         self.index = {}
         for s in self.splits:
             types, offsets, pos = smlmt_index(data_dir, dmeta, a, self.splits, self.tok, s)
@@ -85,16 +85,16 @@ class SMLMT(Task):
         with torch.set_grad_enabled(self.a.proto_grad and torch.is_grad_enabled()):
             fs = features(model, params, ep["xs"], ep["ps"], self.a.episode_feature, ep.get("arch")) * scale  # (N*K, d)
         fast = {n: params[n] for n in names} | proto_head(fs, ep["ys"], self.a.n_way)
-        return fast, ep | {"fs": fs, "scale": scale, "adapts_backbone": bool(names)}
+        return fast, ep | {"params": params, "fs": fs, "scale": scale, "adapts_backbone": bool(names)}
 
     def support(self, model, fast, ep):  # head only: the cached features, no backbone pass
         if not ep["adapts_backbone"]:
             return logits(ep["fs"].detach(), fast), ep["ys"]
-        f = features(model, with_backbone(model, fast), ep["xs"], ep["ps"], self.a.episode_feature, ep.get("arch"))
+        f = features(model, with_backbone(ep, fast), ep["xs"], ep["ps"], self.a.episode_feature, ep.get("arch"))
         return logits(f * ep["scale"].detach(), fast), ep["ys"]
 
     def query(self, model, fast, ep):
-        f = features(model, with_backbone(model, fast), ep["xq"], ep["pq"], self.a.episode_feature, ep.get("arch"))
+        f = features(model, with_backbone(ep, fast), ep["xq"], ep["pq"], self.a.episode_feature, ep.get("arch"))
         return logits(f * ep["scale"], fast), ep["yq"]
 
     def units(self, ep):

@@ -1,6 +1,5 @@
 """model.py: the decoder's defining properties."""
 import runpy
-import sys
 from pathlib import Path
 
 import pytest

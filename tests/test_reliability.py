@@ -18,7 +18,6 @@ import compare
 import data
 import eval_ner
 import inspect_episodes
-import train
 from config import UserError
 from conftest import TINY, run_train
 
