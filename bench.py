@@ -8,6 +8,8 @@ bfloat16 ("of matmul peak"); on a GPU with a known datasheet peak, MFU too.
     python bench.py --data-dir data/enwiki8k --device cuda --dtype bfloat16 --compile
     python bench.py ... --json                               # one JSON object instead of the lines
     python bench.py ... --learners                           # meta step ms and memory per inner loop / outer rule
+    python bench.py ... --size 11m,65m,181m --json           # each size in a fresh process, one JSON line each
+    python bench.py ... --cross-entropy                      # the LM loss alone: chunk sizes against full logits
 
 The steps timed are train.py's own (train.train_step, on a run built by train.setup). The
 default smlmt episode takes as many classes as make one LM batch of tokens (21-way x (8 + 4)
@@ -23,11 +25,12 @@ import time
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 import config
 import meta as metalib
 import train
-from model import count_params
+from model import count_params, linear_cross_entropy
 
 
 def timed(fn, warmup, steps, device):
@@ -133,8 +136,12 @@ def run_bench():
     p.add_argument("--json", action="store_true", help="print one JSON object with every number")
     p.add_argument("--learners", action="store_true",
                    help="instead: the meta step of each inner loop and outer rule (" + "; ".join(LEARNERS) + ")")
+    p.add_argument("--cross-entropy", action="store_true",
+                   help="instead: the LM loss's forward and backward alone, at each chunk size and through full logits")
     p.add_argument("--meta-only", action="store_true", help=argparse.SUPPRESS)  # one learner, for --learners
     b, rest = p.parse_known_args()
+    if "," in b.size:
+        return sizes(b.size.split(","), b.json)
     if b.learners:
         return learners([s for s in sys.argv[1:] if s not in ("--learners", "--json")], b.json)
     with tempfile.TemporaryDirectory() as out:  # train.setup writes run.json there; nothing else is kept
@@ -143,7 +150,51 @@ def run_bench():
                              *(["--compile"] if b.compile else []), *rest], description=__doc__)  # episode and batch flags
         device, dtype, ctx = config.hardware(a.device, a.dtype)
         run = train.setup(a, 0, 1, device, dtype, ctx)
-    return measure(b, a, run)
+    return cross_entropy(b, a, run) if b.cross_entropy else measure(b, a, run)
+
+
+def sizes(names, as_json):
+    """Each size in a fresh process (its own peak memory and compile cache), as given otherwise."""
+    argv = sys.argv[1:]
+    at = argv.index("--size")
+    for name in names:
+        cmd = [sys.executable, __file__, *argv[:at], "--size", name, *argv[at + 2:]]
+        r = subprocess.run(cmd, capture_output=as_json, text=True)
+        if r.returncode != 0:
+            sys.exit(f"bench.py: error: --size {name} failed" + (f": {r.stderr.strip().splitlines()[-1]}" if as_json else ""))
+        if as_json:
+            print(r.stdout.strip().splitlines()[-1], flush=True)
+
+
+def cross_entropy(b, a, run):
+    """ms and peak memory of the LM loss alone (the last layer's output -> loss -> gradients of
+    it and of the embedding), at the run's batch: model.linear_cross_entropy at several chunk
+    sizes, and F.cross_entropy over the full logits, which a GPU may run faster where they fit."""
+    m, n = run.model, a.batch_size * a.block_size
+    x = torch.randn(n, m.args.d_model, device=b.device, requires_grad=True)
+    y = torch.randint(0, m.args.vocab_size, (n,), device=b.device)
+    w = m.lm_head.weight
+    ways = {f"chunks of 2^{k}": (lambda k=k: linear_cross_entropy(x, w, y, chunk_floats=2**k)) for k in (20, 22, 24, 26, 28)}
+    ways["full logits"] = lambda: F.cross_entropy((x @ w.t()).float(), y, ignore_index=-1)
+    rows = {}
+    for name, loss in ways.items():
+        def step():
+            with run.ctx:
+                torch.autograd.grad(loss(), (x, w))
+        if b.device == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        try:
+            ms = timed(step, b.warmup, b.steps, b.device)
+        except torch.OutOfMemoryError:
+            ms = None
+        peak = torch.cuda.max_memory_allocated() / 2**30 if b.device == "cuda" else None
+        rows[name] = {"ms": ms, "peak_memory_gib": peak}
+        if not b.json:
+            print(f"{name:<16} " + (f"{ms:9.1f} ms" if ms else "   out of memory") + (f"  peak {peak:.2f} GiB" if peak else ""))
+    if b.json:
+        print(json.dumps({"size": b.size, "device": b.device, "dtype": b.dtype, "rows": n,
+                          "vocab_size": m.args.vocab_size, "loss": rows}))
 
 
 def measure(b, a, run):
@@ -151,7 +202,7 @@ def measure(b, a, run):
     pos = {"lm": 0, "meta": 0}
 
     def step(kind):
-        train.train_step(run, a, kind, pos[kind], 0)
+        train.train_step(run, a, kind, pos[kind])
         pos[kind] += 1
 
     lm_step, meta_step = (lambda: step("lm")), (lambda: step("meta"))

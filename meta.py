@@ -283,7 +283,7 @@ def evaluate(model, head, task, episodes, a, device, ctx, inner=None, temperatur
                                 inner if inner is not None else {}, ep.get("seed", 0))
             for when, f in (("before", fast), ("after", adapted)):
                 logits, y = task.query(model, f, ep)
-                out[f"acc_{when}"].append(accuracy(logits, y))
+                out[f"acc_{when}"].append(accuracy(logits, y).item())
                 out[f"loss_{when}"].append(ce(logits, y).item())
                 if temperature:
                     pairs[when].append((logits.float(), y))

@@ -264,12 +264,10 @@ class Transformer(nn.Module):
         return self.lm_head(x)  # (B, T, V)
 
     def next_token_loss(self, x, y):
-        """Mean cross-entropy of the logits x @ W_emb.T against y (-1 ignored). On a CPU the (N, V)
-        logits never exist at once (linear_cross_entropy: measured 1.7x faster for the recipe's
-        2,048 x 8,192 logits); a GPU runs the plain cross-entropy, which it does well."""
-        if x.device.type == "cpu":
-            return linear_cross_entropy(x, self.lm_head.weight, y)
-        return F.cross_entropy(self.lm_head(x).float(), y, ignore_index=-1)  # (N, V) logits
+        """Mean cross-entropy of the logits x @ W_emb.T against y (-1 ignored), on every device
+        without the (N, V) logits ever existing at once (linear_cross_entropy): at the paper's
+        batch of 256 x 512 and cl100k's 100,352 ids they would be 13G floats."""
+        return linear_cross_entropy(x, self.lm_head.weight, y)
 
 
 class LinearCrossEntropy(torch.autograd.Function):
@@ -279,7 +277,8 @@ class LinearCrossEntropy(torch.autograd.Function):
     place on the spot and multiplied into the gradients of x and w; backward only scales what
     forward stored. One allocation per chunk and about 5 passes over it, where log-softmax and
     its backward make about 10 passes over the whole (N, V). Under autocast the three matmuls
-    run in the autocast dtype, the softmax in float32."""
+    run in the autocast dtype, the softmax in float32. No step reads a value back to the host:
+    the chunk count comes from shapes, so a GPU never waits on it."""
 
     @staticmethod
     def forward(ctx, x, w, y, rows, grads):
@@ -309,14 +308,21 @@ class LinearCrossEntropy(torch.autograd.Function):
         return gx * g, gw * g, None, None, None
 
 
-def linear_cross_entropy(x, w, y, cache_floats=2**21, min_rows=128):
+CHUNK_FLOATS = {"cpu": 2**21, "cuda": 2**26}  # logits per chunk: 8 MB fits a CPU's cache; 256 MB keeps a GPU busy
+
+
+def linear_cross_entropy(x, w, y, chunk_floats=None, min_rows=128):
     """F.cross_entropy(x @ w.T, y, ignore_index=-1), its gradients taken during the forward
-    pass when autograd will want them. Chunks of 2**21 floats (8 MB) of logits, 256 rows at an
-    8k vocabulary, but never fewer than 128 rows: thinner products run the matmuls badly (at
-    cl100k's vocabulary, 2,048 rows took 2.8 s in chunks of 20, 1.3 s in chunks of 128, and
-    2.2 s through F.cross_entropy)."""
+    pass when autograd will want them (training always does: one pass and three matmuls per
+    chunk, where recomputing the logits in backward would take a fourth). Chunks of
+    CHUNK_FLOATS[device] logits, but never fewer than 128 rows: thinner products run the
+    matmuls badly (on a CPU at cl100k's vocabulary, 2,048 rows took 2.8 s in chunks of 20,
+    1.3 s in chunks of 128, and 2.2 s through F.cross_entropy). On a GPU a chunk is 668 rows at
+    cl100k, 67M logits (bench.py --cross-entropy times the others); the full logits of a
+    256 x 512 batch would take 53 GB in float32."""
+    chunk_floats = chunk_floats or CHUNK_FLOATS.get(x.device.type, CHUNK_FLOATS["cuda"])
     grads = torch.is_grad_enabled() and (x.requires_grad or w.requires_grad)
-    return LinearCrossEntropy.apply(x, w, y, max(min_rows, cache_floats // w.shape[0]), grads)
+    return LinearCrossEntropy.apply(x, w, y, max(min_rows, chunk_floats // w.shape[0]), grads)
 
 
 @torch.no_grad()

@@ -84,7 +84,7 @@ def plan(a, todo, steps, train_flags):
         t = config.get_args(["--data-dir", a.data_dir, *train_flags, "--meta", "--eval-episodes", "0",
                              "--dynamics-every", "0", "--out-dir", tmp])
         run = train.setup(t, 0, 1, *config.hardware(t.device, t.dtype))
-        ms = {k: bench.timed(lambda: train.train_step(run, t, k, 0, 0), 1, 2, run.device) for k in ("lm", "meta")}
+        ms = {k: bench.timed(lambda: train.train_step(run, t, k, 0), 1, 2, run.device) for k in ("lm", "meta")}
     total = 0.0
     print(f"{len(todo)} runs of {steps} steps; measured: LM step {ms['lm']:.0f} ms, meta step {ms['meta']:.0f} ms")
     for name, d, argv in todo:

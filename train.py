@@ -44,7 +44,7 @@ import tasks
 from config import UserError
 from data import STREAM_COIN, STREAM_LM, STREAM_PROBE, STREAM_VAL, VAL_SEED
 from model import Transformer, count_params, flops_per_token, peak_flops, preset
-from tasks.common import use_compile
+from tasks.common import host_to, use_compile
 
 
 def get_batch(tokens, B, T, seed, stream, pos, device, micro=0, n_micro=1):
@@ -54,7 +54,7 @@ def get_batch(tokens, B, T, seed, stream, pos, device, micro=0, n_micro=1):
     rng = np.random.default_rng([seed, stream, pos])
     starts = rng.integers(0, len(tokens) - T - 1, size=B * n_micro)[micro * B : (micro + 1) * B]
     xy = torch.from_numpy(np.stack([tokens[s : s + T + 1].astype(np.int64) for s in starts]))  # (B, T+1)
-    xy = xy.to(device, non_blocking=True)
+    xy = host_to(xy, device)
     return xy[:, :-1], xy[:, 1:]  # (B, T) each
 
 
@@ -89,7 +89,8 @@ def step_grads(run, a, kind, pos):
     """The gradients of one optimiser step, left in .grad: --grad-accum micro-batches (LM) or
     episodes (meta) on this rank, averaged with DDP's all-reduce after the last one. Returns the
     mean loss over all ranks (every rank then takes the same NaN decision), the mean episode
-    accuracies on this rank, and the step's tokens."""
+    accuracies on this rank, and the step's tokens. Loss and accuracies stay tensors: nothing
+    in a step waits for the GPU to finish (the log line reads them, every --log-every steps)."""
     n, total, stats, tokens = run.world * a.grad_accum, 0.0, [], 0
     for i in range(a.grad_accum):
         j = run.rank * a.grad_accum + i  # this micro-batch's index among the step's n
@@ -108,16 +109,15 @@ def step_grads(run, a, kind, pos):
         stats.append(st)
     if run.world > 1:
         dist.all_reduce(total)  # the sum over ranks of their share: the mean over all n
-    mean = {k: float(np.mean([s[k] for s in stats])) if stats[0][k] is not None else None for k in stats[0]}
-    return total.item(), mean, tokens * run.world
+    mean = {k: torch.stack([s[k] for s in stats]).mean() if stats[0][k] is not None else None for k in stats[0]}
+    return total, mean, tokens * run.world
 
 
-def train_step(run, a, kind, pos, step):
+def train_step(run, a, kind, pos):
     """One optimiser step of `kind` ("lm" or "meta") at stream position pos: gradients,
-    clipping, AdamW. Stops before a non-finite loss touches the weights."""
+    clipping, AdamW. Returns tensors, so that the GPU's queue never drains inside a step;
+    loop() checks the loss for NaN where it prints it."""
     loss, stats, tokens = step_grads(run, a, kind, pos)
-    if not math.isfinite(loss):
-        diverged(run, f"{kind} loss", loss, step + 1)
     gnorm = torch.nn.utils.clip_grad_norm_(run.params, a.grad_clip if a.grad_clip > 0 else float("inf"))
     run.opt.step()
     run.opt.zero_grad(set_to_none=True)
@@ -166,7 +166,7 @@ def loop(run, a):
         t0 = time.perf_counter()
         coin = np.random.default_rng([a.seed, STREAM_COIN, state["step"]]).random()  # the same on every rank
         kind = "meta" if a.meta and coin < a.hybrid_ratio and state["step"] >= a.meta_start else "lm"
-        loss, stats, tokens, gnorm = train_step(run, a, kind, state[f"{kind}_pos"], state["step"])
+        loss, stats, tokens, gnorm = train_step(run, a, kind, state[f"{kind}_pos"])
         dt = time.perf_counter() - t0
         state[f"{kind}_pos"] += 1
         state["tokens"] += tokens
@@ -182,9 +182,11 @@ def loop(run, a):
             run.clock["t1"] = time.perf_counter()
         if state["step"] == run.clock["first"] + 1 + min(5, a.max_steps - run.clock["first"] - 1) > run.clock["first"] + 1:
             tqdm.write(estimate(run, a))
-        if state["step"] % a.log_every == 0 or state["step"] == a.max_steps:
+        if state["step"] % a.log_every == 0 or state["step"] == a.max_steps:  # the one host sync of a log interval
+            if not math.isfinite(loss := loss.item()):  # the checkpoint on disk is the last good eval's
+                diverged(run, f"{kind} loss", loss, state["step"])
             tqdm.write(step_line(run, kind, loss, lr, gnorm, dt))
-        bar.set_postfix(loss=f"{loss:.3f}", kind=kind)
+            bar.set_postfix(loss=f"{loss:.3f}", kind=kind)
         measure = run.dyn_every and state["step"] % run.dyn_every == 0
         ev = state["step"] % a.eval_every == 0 or state["step"] == a.max_steps or (
             a.save_every and state["step"] % a.save_every == 0)
@@ -248,7 +250,7 @@ def val_loss(model, val, a, device, ctx):
 def evaluate(run, a):
     """One log row: the window's training means, the val loss, the fixed val episodes before and
     after the inner loop, held-out text, a sample."""
-    mean = lambda k: float(np.mean(run.win[k])) if run.win[k] else None
+    mean = lambda k: float(np.mean([float(v) for v in run.win[k]])) if run.win[k] else None  # reads the steps' tensors
     s = run.state
     row = {"step": s["step"], "tokens": s["tokens"], "flops": s["flops"], "elapsed_s": round(s["elapsed_s"], 3),
            "train_loss": mean("lm_loss"), "val_loss": val_loss(run.lm_model, run.val_tok, a, run.device, run.ctx),

@@ -100,8 +100,10 @@ def ce(logits, y):
 
 
 def accuracy(logits, y):
+    """The fraction of kept labels predicted, as a float64 tensor: a training step never reads it
+    back (that would make the host wait for the GPU); the log line does, every --log-every steps."""
     keep = y != -100
-    return ((logits.argmax(-1) == y) & keep).sum().item() / max(1, keep.sum().item())
+    return ((logits.argmax(-1) == y) & keep).sum().double() / keep.sum().clamp(min=1).double()
 
 
 def episode_seed(key):
@@ -110,8 +112,17 @@ def episode_seed(key):
     return int(np.random.SeedSequence(key).generate_state(1)[0])
 
 
+def host_to(t, device):
+    """A host tensor on `device`. To a GPU through pinned memory, asynchronously: a copy from
+    ordinary (pageable) memory first waits for the GPU's queue to drain, a host sync per batch."""
+    if torch.device(device).type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
 def to_device(ep, device):
-    out = {k: torch.from_numpy(np.asarray(v)).to(device) for k, v in ep.items() if k in TENSORS}
+    out = {k: host_to(torch.from_numpy(np.asarray(v)), device) for k, v in ep.items() if k in TENSORS}
     out["tokens"] = sum(v.numel() for k, v in out.items() if k in ("xs", "xq"))
-    out["seed"] = ep.get("seed", 0)
+    out |= {k: v for k, v in ep.items() if isinstance(v, int)}  # host numbers (seed, lengths) stay on the host
+    out.setdefault("seed", 0)
     return out

@@ -65,7 +65,8 @@ class SMLMT(Task):
         flat = lambda t: t.reshape(-1, *t.shape[2:])  # (N, k, ...) -> (N*k, ...)
         return {"xs": flat(windows[:, :k]), "ys": flat(y[:, :k]), "ps": flat(where[:, :k]),
                 "xq": flat(windows[:, k:]), "yq": flat(y[:, k:]), "pq": flat(where[:, k:]),
-                "types": types[chosen], "starts_s": flat(starts[:, :k]), "starts_q": flat(starts[:, k:])}
+                "types": types[chosen], "starts_s": flat(starts[:, :k]), "starts_q": flat(starts[:, k:]),
+                "len_s": window_end(where[:, :k], L), "len_q": window_end(where[:, k:], L)}
 
     # ------------------------------------------------------------------------- the head
 
@@ -83,18 +84,20 @@ class SMLMT(Task):
         scale = head["log_scale"].exp()
         params = dict(model.named_parameters())
         with torch.set_grad_enabled(self.a.proto_grad and torch.is_grad_enabled()):
-            fs = features(model, params, ep["xs"], ep["ps"], self.a.episode_feature, ep.get("arch")) * scale  # (N*K, d)
+            fs = features(model, params, ep["xs"], ep["ps"], self.a.episode_feature, ep.get("arch"), ep["len_s"]) * scale  # (N*K, d)
         fast = {n: params[n] for n in names} | proto_head(fs, ep["ys"], self.a.n_way)
         return fast, ep | {"params": params, "fs": fs, "scale": scale, "adapts_backbone": bool(names)}
 
     def support(self, model, fast, ep):  # head only: the cached features, no backbone pass
         if not ep["adapts_backbone"]:
             return logits(ep["fs"].detach(), fast), ep["ys"]
-        f = features(model, with_backbone(ep, fast), ep["xs"], ep["ps"], self.a.episode_feature, ep.get("arch"))
+        f = features(model, with_backbone(ep, fast), ep["xs"], ep["ps"], self.a.episode_feature, ep.get("arch"),
+                     ep["len_s"])
         return logits(f * ep["scale"].detach(), fast), ep["ys"]
 
     def query(self, model, fast, ep):
-        f = features(model, with_backbone(ep, fast), ep["xq"], ep["pq"], self.a.episode_feature, ep.get("arch"))
+        f = features(model, with_backbone(ep, fast), ep["xq"], ep["pq"], self.a.episode_feature, ep.get("arch"),
+                     ep["len_q"])
         return logits(f * ep["scale"], fast), ep["yq"]
 
     def units(self, ep):
@@ -120,7 +123,8 @@ def proto_head(feats, labels, n_way):
     """ProtoMAML init: a linear head equal to the negative squared distance to each prototype
     (up to a per-example constant): -|h - mu|^2 = 2 mu.h - |mu|^2 - |h|^2."""
     mu = torch.zeros(n_way, feats.shape[1], device=feats.device, dtype=feats.dtype)
-    mu = mu.index_add(0, labels, feats) / torch.bincount(labels, minlength=n_way).unsqueeze(1)  # (N, d)
+    count = torch.zeros(n_way, device=feats.device, dtype=feats.dtype).index_add(0, labels, torch.ones_like(feats[:, 0]))
+    mu = mu.index_add(0, labels, feats) / count.unsqueeze(1)  # (N, d); bincount would read max(labels) back to the host
     return {"head.w": 2 * mu, "head.b": -(mu * mu).sum(1)}
 
 
@@ -129,13 +133,20 @@ def logits(f, fast):
         return f @ fast["head.w"].T + fast["head.b"]  # (n, N)
 
 
-def features(model, params, x, p, kind, arch=None):
-    """One hidden state per window, after the final norm, in float32."""
-    if kind in ("mask", "before-mask"):
-        # the decoder is causal, so the state at p (or p - 1) never sees the tokens after p:
-        # the windows can end there. SMLMT puts p in [L/4, 3L/4), so this drops about a
-        # quarter of every window. Rounded up to 16 tokens so that --compile sees few shapes
-        x = x[:, : min(x.shape[1], -(-(int(p.max()) + 1) // 16) * 16)]  # (n, L') with L' > max p
+def window_end(p, L):
+    """How much of a window the features at the mask need, from the positions p (numpy, on the
+    host, so that the GPU is never asked for max(p)): the decoder is causal, so the state at p
+    (or p - 1) never sees the tokens after p, and the windows can end there. SMLMT puts p in
+    [L/4, 3L/4), so this drops about a quarter of every window. Rounded up to 16 tokens so that
+    --compile sees few shapes."""
+    return int(min(L, -(-(int(np.max(p)) + 1) // 16) * 16))
+
+
+def features(model, params, x, p, kind, arch=None, length=None):
+    """One hidden state per window, after the final norm, in float32. `length` (window_end):
+    where the windows may end for the kinds read at the mask; None reads whole windows."""
+    if kind in ("mask", "before-mask") and length:
+        x = x[:, :length]  # (n, L') with L' > max p
     h = decoder(model, params, x, hidden=True, arch=arch)  # (n, L', d)
     rows = torch.arange(len(x), device=x.device)
     if kind == "last":  # the only position that has seen the whole window

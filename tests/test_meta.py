@@ -241,10 +241,11 @@ def test_features_at_the_mask_need_only_the_window_up_to_it(monkeypatch):
     decoder = smlmt.decoder
     monkeypatch.setattr(smlmt, "decoder", lambda m, prm, xx, **kw: seen.append(xx.shape[1]) or decoder(m, prm, xx, **kw))
     for kind, want in (("before-mask", h[rows, p - 1]), ("mask", h[rows, p])):
-        assert torch.allclose(smlmt.features(model, params, x, p, kind), want, atol=1e-5), kind
+        assert torch.allclose(smlmt.features(model, params, x, p, kind, length=smlmt.window_end(p.numpy(), 64)),
+                              want, atol=1e-5), kind
     assert seen == [48, 48]  # max p = 40: 41 tokens needed, rounded up to 48 of the 64
-    smlmt.features(model, params, x, torch.tensor([16, 63, 20, 20, 20, 20]), "mask")
-    assert seen[-1] == 64
+    assert smlmt.window_end(np.array([16, 63, 20, 20, 20, 20]), 64) == 64
+    assert smlmt.window_end(np.array([16, 20]), 128) == 32
 
 
 def test_query_gradient_flows_through_the_prototypes_only_with_proto_grad(data_dir):

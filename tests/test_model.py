@@ -155,7 +155,7 @@ def test_linear_cross_entropy_equals_cross_entropy_of_the_logits():
     ref = F.cross_entropy(x @ w.t(), y, ignore_index=-1)
     ref_g = torch.autograd.grad(ref, (x, w))
     for rows in (5, 37, 128):  # chunks of 5 rows (the last one 2), one chunk, one short chunk
-        loss = model.linear_cross_entropy(x, w, y, cache_floats=64 * rows, min_rows=1)
+        loss = model.linear_cross_entropy(x, w, y, chunk_floats=64 * rows, min_rows=1)
         assert torch.allclose(loss, ref, atol=1e-6)
         for got, want in zip(torch.autograd.grad(2 * loss, (x, w)), ref_g):  # backward scales by the upstream grad
             assert torch.allclose(got, 2 * want, atol=1e-6)
@@ -163,6 +163,26 @@ def test_linear_cross_entropy_equals_cross_entropy_of_the_logits():
     assert none.item() == 0 and all((g == 0).all() for g in torch.autograd.grad(none, (x, w)))
     with torch.no_grad():  # evaluation: the same loss, no gradients formed
         assert torch.allclose(model.linear_cross_entropy(x, w, y), ref, atol=1e-6)
+
+
+def test_the_gpu_chunking_run_on_a_cpu_equals_cross_entropy_of_the_full_logits():
+    """The GPU's path (train.py on CUDA): cl100k's padded vocabulary, the GPU's chunk of
+    CHUNK_FLOATS["cuda"] logits (668 rows), so this batch takes a full chunk and a short one.
+    Equal up to float32 rounding. The gradient of x sums 100,352 terms that cancel: against a
+    float64 reference both this and F.cross_entropy are off by about 2e-4 of its largest entry."""
+    V = model.pad_vocab(model.CL100K_VOCAB)
+    rows = model.CHUNK_FLOATS["cuda"] // V
+    torch.manual_seed(0)
+    x, w = torch.randn(rows + 13, 4, requires_grad=True), torch.randn(V, 4, requires_grad=True)
+    y = torch.randint(0, V, (rows + 13,))
+    y[[5, rows + 2]] = -1
+    ours = model.linear_cross_entropy(x, w, y, chunk_floats=model.CHUNK_FLOATS["cuda"])
+    gx, gw = torch.autograd.grad(ours, (x, w))
+    ref = F.cross_entropy(x @ w.t(), y, ignore_index=-1)
+    assert torch.allclose(ours, ref, rtol=1e-6, atol=0)
+    for got, want in zip((gx, gw), torch.autograd.grad(ref, (x, w))):
+        assert (got - want).abs().max() <= 1e-3 * want.abs().max()
+    assert (gx[[5, rows + 2]] == 0).all() and (gx[6] != 0).all()  # ignored rows get no gradient
 
 
 def test_cpu_loss_and_gradients_under_bf16_autocast_stay_near_float32(monkeypatch):

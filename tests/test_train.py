@@ -3,10 +3,11 @@ import argparse
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import config
 import train
-from conftest import run_train
+from conftest import TINY, run_train
 
 LOSSES = ("train_loss", "val_loss")
 LOG_FIELDS = {"step", "tokens", "flops", "elapsed_s", "train_loss", "val_loss", "lr", "ar_ms",
@@ -134,3 +135,49 @@ def test_generate_is_seeded_and_stays_within_the_block():
     assert (draw(3, vocab_size=5)[:, 12:] < 5).all()  # ids above the real vocabulary are never drawn
     greedy = generate(m, prompt, 1, temperature=1.0, top_k=1)  # top-1: the argmax, whatever the dice
     assert torch.equal(greedy[:, -1], m(prompt[:, -8:])[:, -1].argmax(-1))
+
+
+class HostReads(TorchDispatchMode):
+    """Records every operation that would make the host wait for a GPU: reading a value back
+    (item, float(), bool(), .tolist(), .numpy(), .cpu()) and the ops whose output size depends on
+    values (nonzero, masked_select, unique, a boolean index). On a CPU nothing waits, but the
+    same calls are made, so counting them here tells what a GPU step would do."""
+    SIZE_FROM_VALUES = {"aten::_local_scalar_dense", "aten::nonzero", "aten::masked_select", "aten::_unique2",
+                        "aten::unique_dim", "aten::unique_consecutive", "aten::bincount"}
+
+    def __init__(self, monkeypatch):
+        super().__init__()
+        self.seen = []
+        for name in ("tolist", "numpy", "cpu", "__array__"):  # no dispatch: caught at the Python method
+            monkeypatch.setattr(torch.Tensor, name, self.wrap(name, getattr(torch.Tensor, name)))
+
+    def wrap(self, name, method):
+        def reading(t, *args, **kwargs):
+            self.seen.append(name)
+            return method(t, *args, **kwargs)
+        return reading
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func._schema.name
+        bool_index = name == "aten::index" and any(i is not None and i.dtype == torch.bool for i in args[1])
+        if name in self.SIZE_FROM_VALUES or bool_index:
+            self.seen.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("flags", [["--task", "smlmt", "--grad-accum", "2"], ["--task", "pico", "--learn-inner-lr"],
+                                   ["--task", "lm"]], ids=["smlmt-accum", "pico-learned-lr", "lm"])
+def test_a_step_never_reads_a_value_back_to_the_host(data_dir, tmp_path, monkeypatch, flags):
+    """Issue 28: on a GPU, a read-back inside the step drains the queue every step (at 11m the
+    GPU then idles for most of a meta step). Loss, accuracies and |g| stay tensors until the
+    log line. Both kinds of step, through train.py's own train_step, AdamW's update included."""
+    a = config.get_args(["--data-dir", str(data_dir), "--out-dir", str(tmp_path), *TINY, "--meta", *flags])
+    device, dtype, ctx = config.hardware(a.device, a.dtype)
+    run = train.setup(a, 0, 1, device, dtype, ctx)
+    for kind in ("lm", "meta", "lm", "meta"):  # the second of each: AdamW's state exists by then
+        with HostReads(monkeypatch) as reads:
+            loss, stats, tokens, gnorm = train.train_step(run, a, kind, 0)
+        monkeypatch.undo()
+        assert reads.seen == [], f"{kind} step read back: {reads.seen}"
+        assert isinstance(loss, torch.Tensor) and isinstance(gnorm, torch.Tensor)
+        assert all(v is None or isinstance(v, torch.Tensor) for v in stats.values())
