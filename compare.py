@@ -12,20 +12,22 @@ accuracy, UNER F1, and summaries of the learning dynamics (when and how far acti
 effective rank and head entropy rose and fell). Plots when matplotlib is installed.
 
 Several seeds: runs with the same config except --seed and --out-dir form an arm (or name arms
-with --arm). For every arm and figure the report gives mean +- standard deviation over seeds,
-and for every arm after the first the difference to the first, paired by seed, with a 95%
-t interval; an interval that spans 0 is marked "not significant". Final figures are compared
-at equal steps, at equal tokens and at equal FLOPs (val loss interpolated between evals).
+with --arm); arms.py adds their statistics: mean +- standard deviation over seeds, the
+difference to the first arm paired by seed with a 95% t interval, at equal steps, tokens and
+FLOPs, and that gap at every eval ("the gap over training": tables, gap.png, gap.json). Plots
+then draw one colour per arm. NER results of several checkpoints or protocols: --ner once per
+set, with a label (--ner head@600=a.json,b.json --ner full=c.json,d.json).
 """
 import argparse
 import json
 import math
-import re
 import sys
 from pathlib import Path
 
 import numpy as np
 
+import arms as armslib
+from arms import crossing, group_arms, save
 from config import UserError
 from data import fingerprint
 
@@ -64,19 +66,6 @@ def check_same_data(runs):
         if fingerprint(r["info"]["data_meta"]) != fingerprint(known[0]["info"]["data_meta"]):
             raise UserError(f"{r['dir']} was trained on different data than {known[0]['dir']} "
                                "(data meta differs); compare runs on the same prepared data")
-
-
-def crossing(log, target):
-    """The first point where val loss reaches target, interpolated linearly between the two evals
-    around it: {step, tokens, flops, elapsed_s}, or None if the run never got there."""
-    for i, r in enumerate(log):
-        if r["val_loss"] <= target:
-            if i == 0:
-                return {k: float(r[k]) for k in ("step", "tokens", "flops", "elapsed_s")}
-            p = log[i - 1]
-            frac = (p["val_loss"] - target) / (p["val_loss"] - r["val_loss"])
-            return {k: p[k] + frac * (r[k] - p[k]) for k in ("step", "tokens", "flops", "elapsed_s")}
-    return None
 
 
 def default_targets(runs, n=3):
@@ -150,12 +139,13 @@ def report(runs, targets, ner):
             et = r["log"][-1].get("eval_text") or {}
             out.append(f"| {r['name']} | " + " | ".join(
                 f"{et[t]['loss']:.4f} / {et[t]['bpb']:.4f} / {et[t]['unk_frac']:.3f}" if t in et else "-" for t in texts) + " |")
-    if ner:
-        codes = sorted(set().union(*(n["results"] for n in ner)))
-        out += ["", "## Universal NER F1 (%)", "", "| test set | " + " | ".join(r["name"] for r in runs) + " | " +
+    for label, files in ner.items():
+        codes = sorted(set().union(*(n["results"] for n in files)))
+        out += ["", f"## Universal NER F1 (%){' — ' + label if label else ''}", "",
+                "| test set | " + " | ".join(r["name"] for r in runs) + " | " +
                 " | ".join(f"{r['name']} - {base['name']}" for r in runs[1:]) + " |", "|---" * (2 * len(runs)) + "|"]
         for code in codes + ["average"]:
-            f1 = [100 * (n["avg_f1"] if code == "average" else n["results"].get(code, {}).get("f1", float("nan"))) for n in ner]
+            f1 = [100 * (n["avg_f1"] if code == "average" else n["results"].get(code, {}).get("f1", float("nan"))) for n in files]
             out.append(f"| {code} | " + " | ".join(f"{v:.2f}" for v in f1) + " | " + " | ".join(f"{v - f1[0]:+.2f}" for v in f1[1:]) + " |")
     learned = [r for r in runs if r["log"][-1].get("inner_lrs")]
     if learned:
@@ -188,103 +178,6 @@ def report(runs, targets, ner):
     return "\n".join(out) + "\n", summary
 
 
-# ----------------------------------------------------------------------------- arms of several seeds
-
-# two-sided 95% quantiles of Student's t for 1..30 degrees of freedom (normal beyond)
-T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
-        2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
-NOT_THE_ARM = {"seed", "out_dir", "data_dir", "resume", "given"}  # config keys that may differ within an arm
-
-
-def group_arms(runs):
-    """[(name, runs)]: runs whose configs differ only in NOT_THE_ARM, in order of first appearance;
-    named after the first run's directory without a trailing seed (vanilla-s2 -> vanilla)."""
-    arms = {}
-    for r in runs:
-        cfg = r["info"].get("config")
-        key = str(r["dir"]) if cfg is None else json.dumps({k: v for k, v in cfg.items() if k not in NOT_THE_ARM},
-                                                           sort_keys=True, default=str)
-        arms.setdefault(key, []).append(r)
-    named = [(re.sub(r"[-_.]?s(eed)?\d+$", "", rs[0]["name"]) or rs[0]["name"], rs) for rs in arms.values()]
-    return [(n if [m for m, _ in named].count(n) == 1 else f"{n}#{i}", rs) for i, (n, rs) in enumerate(named)]
-
-
-def at(log, key, x):
-    """val loss where `key` (step, tokens or flops) equals x, interpolated linearly between evals."""
-    for p, r in zip(log, log[1:]):
-        if p[key] <= x <= r[key]:
-            return p["val_loss"] + (x - p[key]) / (r[key] - p[key]) * (r["val_loss"] - p["val_loss"]) if r[key] > p[key] else r["val_loss"]
-    return log[-1]["val_loss"] if x == log[-1][key] else None
-
-
-def arm_figures(runs, targets, ner_by_dir):
-    """{figure: {run dir: value}} over all runs. Final val losses at the step, tokens and FLOPs
-    every run reached (equal steps / tokens / FLOPs); steps to each target; val episodes;
-    held-out text; NER F1."""
-    figs = {}
-    for key, unit in (("step", "steps"), ("tokens", "tokens"), ("flops", "FLOPs")):
-        x = min(r["log"][-1][key] for r in runs)
-        figs[f"val loss at equal {unit} ({x:.3g})"] = {r["dir"]: at(r["log"], key, x) for r in runs}
-    for t in targets:
-        figs[f"steps to val loss {t}"] = {r["dir"]: (crossing(r["log"], t) or {}).get("step") for r in runs}
-    figs["val episodes acc after the inner loop"] = {r["dir"]: r["log"][-1].get("episode_acc_after") for r in runs}
-    for name in sorted({n for r in runs for n in (r["log"][-1].get("eval_text") or {})}):
-        for m in ("loss", "bpb"):
-            figs[f"held-out {name} {m}"] = {r["dir"]: (r["log"][-1].get("eval_text") or {}).get(name, {}).get(m)
-                                            for r in runs}
-    if ner_by_dir:
-        figs["UNER average F1 (%)"] = {d: 100 * n["avg_f1"] for d, n in ner_by_dir.items()}
-    return figs
-
-
-def mean_sd(values):
-    v = [x for x in values if x is not None]
-    if not v:
-        return "-"
-    return f"{np.mean(v):.4g}" + (f" ± {np.std(v, ddof=1):.2g}" if len(v) > 1 else "")
-
-
-def paired(base, other):
-    """Mean difference other - base over the seeds both have, its 95% t interval, and whether the
-    interval excludes 0. None where fewer than 2 seeds pair (no interval)."""
-    d = [other[s] - base[s] for s in base if s in other and base[s] is not None and other[s] is not None]
-    if len(d) < 2:
-        return (d[0] if d else None), None, None
-    half = (T975[len(d) - 2] if len(d) <= 31 else 1.96) * np.std(d, ddof=1) / math.sqrt(len(d))
-    m = float(np.mean(d))
-    return m, (m - half, m + half), not (m - half <= 0 <= m + half)
-
-
-def arms_report(arms, targets, ner_by_dir):
-    runs = [r for _, rs in arms for r in rs]
-    figs = arm_figures(runs, targets, ner_by_dir)
-    seed = lambda r: r["info"].get("config", {}).get("seed", str(r["dir"]))
-    base_name, base = arms[0]
-    out = ["## Arms over seeds", "", "Mean ± standard deviation over each arm's seeds; the difference to "
-           f"`{base_name}` is paired by seed, with its 95% t interval.", "",
-           "| figure | " + " | ".join(f"{n} ({len(rs)} seed{'s' * (len(rs) > 1)})" for n, rs in arms) + " | " +
-           " | ".join(f"{n} − {base_name}" for n, _ in arms[1:]) + " |", "|---" * (2 * len(arms)) + "|"]
-    reading = []
-    for fig, vals in figs.items():
-        cells = [mean_sd([vals.get(r["dir"]) for r in rs]) for _, rs in arms]
-        diffs = []
-        for name, rs in arms[1:]:
-            m, ci, sig = paired({seed(r): vals.get(r["dir"]) for r in base}, {seed(r): vals.get(r["dir"]) for r in rs})
-            if m is None:
-                diffs.append("-")
-            elif ci is None:
-                diffs.append(f"{m:+.4g} (1 seed: no interval)")
-            else:
-                verdict = "" if sig else " not significant"
-                diffs.append(f"{m:+.4g} [{ci[0]:+.3g}, {ci[1]:+.3g}]{verdict}")
-                reading.append(f"- {name} − {base_name}, {fig}: {m:+.4g}, 95% CI [{ci[0]:+.3g}, {ci[1]:+.3g}]: "
-                               + ("significant" if sig else "not significant"))
-        out.append(f"| {fig} | " + " | ".join(cells + diffs) + " |")
-    if reading:
-        out += ["", "Reading (paired differences; \"not significant\" = the interval spans 0):", "", *reading]
-    return out
-
-
 def lr_layers(inner_lrs):
     """{layer: {tensor: step size}}: the embedding, each block, the final norm, the episode head."""
     out = {}
@@ -297,7 +190,8 @@ def lr_layers(inner_lrs):
     return dict(sorted(out.items(), key=lambda kv: rank(kv[0])))  # input to output
 
 
-def plots(runs, out_dir):
+def plots(runs, arms, out_dir):
+    """With arms of several seeds, one colour per arm (arms.arm_plots); else one line per run."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -305,6 +199,8 @@ def plots(runs, out_dir):
     except ImportError:
         print("note: matplotlib is not installed, so no plots (pip install matplotlib); tables only")
         return []
+    if arms:
+        return armslib.arm_plots(arms, out_dir, plt) + armslib.arm_dynamics_plots(arms, out_dir, plt) + inner_lr_plots(runs, out_dir, plt)
     files = []
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for r in runs:
@@ -327,6 +223,11 @@ def plots(runs, out_dir):
             ax.set_title(r["name"]), ax.set_xlabel("step"), ax.set_ylabel(ylabel), ax.grid(alpha=0.3)
         axes[0][-1].legend(fontsize=6, ncol=2, loc="best", framealpha=0.6)
         files.append(save(fig, out_dir / name))
+    return files + inner_lr_plots(runs, out_dir, plt)
+
+
+def inner_lr_plots(runs, out_dir, plt):
+    files = []
     for r in [r for r in runs if r["log"][-1].get("inner_lrs")]:  # learned step size per block, one line per tensor
         layers = lr_layers(r["log"][-1]["inner_lrs"])
         blocks = sorted((int(k.split()[1]), v) for k, v in layers.items() if k.startswith("block "))
@@ -339,12 +240,6 @@ def plots(runs, out_dir):
     return files
 
 
-def save(fig, path):
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    return path
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 allow_abbrev=False)
@@ -352,7 +247,9 @@ def main(argv=None):
     p.add_argument("--arm", action="append", default=[], metavar="NAME=DIR,DIR,...",
                    help="name an arm and its runs (one per seed), instead of grouping the runs by config")
     p.add_argument("--targets", help="comma-separated val losses (default: spread over what every run crosses)")
-    p.add_argument("--ner", help="comma-separated eval_ner.py --out files, one per run, in the same order")
+    p.add_argument("--ner", action="append", default=[], metavar="[LABEL=]FILE,FILE,...",
+                   help="eval_ner.py --out files, one per run, in the same order; repeatable with a label each "
+                        "(e.g. head@600=..., full=...)")
     p.add_argument("--out", default="report.md", help="markdown report; plots go beside it")
     a = p.parse_args(argv)
     try:
@@ -368,23 +265,28 @@ def main(argv=None):
         arms = arms or group_arms(runs)
         check_same_data(runs)
         targets = [float(t) for t in a.targets.split(",")] if a.targets else default_targets(runs)
-        ner = None
-        if a.ner:
-            files = a.ner.split(",")
+        ner = {}
+        for spec in a.ner:
+            label, _, files = spec.rpartition("=")
+            files = files.split(",")
             if len(files) != len(runs):
-                raise UserError(f"--ner: {len(files)} files for {len(runs)} runs; give one per run, in order")
+                raise UserError(f"--ner{' ' + label if label else ''}: {len(files)} files for {len(runs)} runs; give one per run, in order")
             for f in files:
                 if not Path(f).exists():
                     raise UserError(f"--ner: {f} not found; write it with eval_ner.py --out")
-            ner = [json.loads(Path(f).read_text()) for f in files]
+            ner[label] = [json.loads(Path(f).read_text()) for f in files]
     except (UserError, ValueError) as e:
         sys.exit(f"compare.py: error: {e}")
     text, summary = report(runs, targets, ner)
-    if a.arm or any(len(rs) > 1 for _, rs in arms):
-        text += "\n" + "\n".join(arms_report(arms, targets, dict(zip((r["dir"] for r in runs), ner or [])))) + "\n"
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    files = plots(runs, out.parent)
+    seeded = a.arm or any(len(rs) > 1 for _, rs in arms)
+    if seeded:
+        by_dir = {label: dict(zip((r["dir"] for r in runs), files)) for label, files in ner.items()}
+        text += "\n" + "\n".join(armslib.arms_report(arms, targets, by_dir)) + "\n"
+        if len(arms) > 1:
+            (out.parent / "gap.json").write_text(json.dumps(armslib.gap_json(arms)))
+    files = plots(runs, arms if seeded else None, out.parent)
     text += "".join(f"\n![{f.stem}]({f.name})\n" for f in files)
     out.write_text(text)
     print(text)

@@ -1,8 +1,11 @@
-"""compare.py on synthetic logs: interpolation, 'not reached', speedups, refusals."""
+"""compare.py and arms.py on synthetic logs: interpolation, 'not reached', speedups, refusals, arms
+over seeds and the gap over training."""
 import json
 
+import numpy as np
 import pytest
 
+import arms as armslib
 import compare
 
 
@@ -160,3 +163,70 @@ def test_held_out_text_has_its_own_table(tmp_path):
     out = tmp_path / "report.md"
     compare.main([str(a), "--targets", "6.0", "--out", str(out)])
     assert "| vanilla | 6.0000 / 1.2500 / " in out.read_text()
+
+
+def write_curve(d, seed, losses, meta=False, tokens_per_step=1000, bpb=None):
+    """An eval every 100 steps; a meta arm may count other tokens per step."""
+    d.mkdir(parents=True)
+    rows = [{"step": 100 * i, "tokens": 100 * i * tokens_per_step, "flops": 100 * i * tokens_per_step * 1e6,
+             "elapsed_s": i, "val_loss": v} | ({"eval_text": {"held": {"loss": v, "bpb": bpb[i], "unk_frac": 0}}}
+                                                if bpb else {}) for i, v in enumerate(losses)]
+    (d / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    meta_d = {"encoding": "cl100k_base", "vocab_size": 8192, "sources": [{"path": "x", "sha256": "abc"}]}
+    (d / "run.json").write_text(json.dumps({"data_meta": meta_d, "config": {"seed": seed, "out_dir": str(d), "meta": meta}}))
+    return d
+
+
+def test_the_gap_over_training_is_the_paired_difference_at_every_eval(tmp_path):
+    base = [9.0, 6.0, 5.5, 5.2, 5.0]
+    gaps = {1: [0, 0.3, 0.2, 0.1, 0.0], 2: [0, 0.5, 0.2, 0.2, 0.1], 3: [0, 0.4, 0.2, 0.15, 0.05]}  # the meta arm's excess
+    van = [write_curve(tmp_path / f"vanilla-s{s}", s, [v + 0.01 * s for v in base], bpb=[2.0] * 5) for s in gaps]
+    met = [write_curve(tmp_path / f"meta-s{s}", s, [v + 0.01 * s + g for v, g in zip(base, gaps[s])], meta=True,
+                       tokens_per_step=2000, bpb=[2.0 + g for g in gaps[s]]) for s in gaps]
+    out = tmp_path / "r" / "report.md"
+    compare.main([*map(str, van + met), "--targets", "6.0", "--out", str(out)])
+    text = out.read_text()
+    arms = compare.group_arms([compare.load_run(d) for d in van + met])
+    by_step = armslib.gap(arms, "step")["meta"]
+    assert [x for x, *_ in by_step] == [0, 100, 200, 300, 400]
+    for (x, m, lo, hi), i in zip(by_step, range(5)):
+        d = [gaps[s][i] for s in gaps]
+        half = 4.303 * np.std(d, ddof=1) / np.sqrt(3)
+        assert m == pytest.approx(np.mean(d)) and (lo, hi) == pytest.approx((m - half, m + half))
+    # equal tokens: the meta runs count 2000 tokens a step, so at vanilla's 400k tokens (step 400) they are at step 200
+    by_tokens = dict((x, m) for x, m, *_ in armslib.gap(arms, "tokens")["meta"])
+    assert set(by_tokens) == {0, 100_000, 200_000, 300_000, 400_000}  # vanilla's evals within what every run reached
+    assert by_tokens[400_000] == pytest.approx(np.mean([5.5 + gaps[s][2] - 5.0 for s in gaps]))
+    # the quarter-point tables: a quarter, half, three quarters and all of the 400 steps
+    rows = text.split("**val loss at equal steps**")[1].split("\n\n")[1].splitlines()[2:]  # the table's data rows
+    assert [r.split(" | ")[0] for r in rows] == ["| 100", "| 200", "| 300", "| 400"]
+    assert rows[1] == "| 200 | +0.2 [+0.2, +0.2] |"  # every seed 0.2 behind: a zero-width interval
+    assert "not significant" in rows[3]  # 0.0, 0.1, 0.05: the interval spans 0
+    assert "**held-out held bits per byte at equal steps**" in text
+    assert set(json.loads((out.parent / "gap.json").read_text())) == {"step", "tokens", "flops", "bpb held (step)"}
+
+
+def test_ner_sets_get_a_labelled_row_each(tmp_path):
+    runs = [write_seed_run(tmp_path / f"{arm}-s{s}", s, 5.0, 0.5, meta=arm == "meta") for arm in ("vanilla", "meta")
+            for s in (1, 2)]
+    specs = []
+    for label, f1 in (("head@600", [0.1, 0.2, 0.3, 0.5]), ("full", [0.4, 0.5, 0.42, 0.53])):
+        files = []
+        for r, f in zip(runs, f1):
+            p = tmp_path / f"{label}_{r.name}.json"
+            p.write_text(json.dumps({"results": {"da_ddt": {"f1": f}}, "avg_f1": f}))
+            files.append(str(p))
+        specs += ["--ner", f"{label}=" + ",".join(files)]
+    out = tmp_path / "report.md"
+    compare.main([*map(str, runs), *specs, "--targets", "6.0", "--out", str(out)])
+    rows = {line.split(" | ")[0].strip("| "): line for line in out.read_text().splitlines() if line.startswith("| ")}
+    assert rows["UNER average F1 (%) head@600"].endswith("| +25 [-38.5, +88.5] not significant |")  # +20, +30
+    assert rows["UNER average F1 (%) full"].startswith("| UNER average F1 (%) full | 45 ± 7.1 | 47.5 ± 7.8 |")
+    assert "## Universal NER F1 (%) — full" in out.read_text()
+
+
+def test_late_rise_finds_a_rise_then_a_fall_after_the_trough():
+    rows = [{"step": s, "er_act": [v, w]} for s, v, w in ((0, 9, 9), (100, 3, 4), (200, 6, 3), (300, 4, 2))]
+    first, second = armslib.late_rise(rows, lambda r: r["er_act"])
+    assert first == {"trough_step": 100, "late_peak_step": 200, "rise": 3.0, "fall": 2.0}  # fell, rose, fell again
+    assert second == {"trough_step": 300, "late_peak_step": 300, "rise": 0.0, "fall": 0.0}  # only ever fell
