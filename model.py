@@ -234,7 +234,7 @@ class Transformer(nn.Module):
         controller, not the embeddings."""
         z = self.tok_emb(idx).mean((0, 1)).detach()  # (d,)
         soft = self.controller(z).view(self.args.n_layer, 3).softmax(-1)  # (L, 3)
-        hard = F.one_hot(soft.argmax(-1), 3).to(soft.dtype)
+        hard = torch.zeros_like(soft).scatter_(-1, soft.argmax(-1, keepdim=True), 1.0)  # one-hot; F.one_hot checks values on the host
         return (hard - soft).detach() + soft
 
     def forward(self, idx, targets=None, hidden=False, trace=None, arch=None):

@@ -166,7 +166,8 @@ class HostReads(TorchDispatchMode):
 
 
 @pytest.mark.parametrize("flags", [["--task", "smlmt", "--grad-accum", "2"], ["--task", "pico", "--learn-inner-lr"],
-                                   ["--task", "lm"]], ids=["smlmt-accum", "pico-learned-lr", "lm"])
+                                   ["--task", "lm"], ["--tams", "--inner-opt", "adamw", "--inner-params", "top-1"]],
+                         ids=["smlmt-accum", "pico-learned-lr", "lm", "tams-adamw"])
 def test_a_step_never_reads_a_value_back_to_the_host(data_dir, tmp_path, monkeypatch, flags):
     """Issue 28: on a GPU, a read-back inside the step drains the queue every step (at 11m the
     GPU then idles for most of a meta step). Loss, accuracies and |g| stay tensors until the
