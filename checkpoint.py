@@ -150,3 +150,8 @@ def load_state(ckpt, model, head, inner, opt, a, out):
         raise UserError(f"--resume: {out / 'ckpt.pt'} has another episode head or other learned step sizes (saved "
                         f"--task {saved.get('task')}, --inner-params {saved.get('inner_params')}, --learn-inner-lr "
                         f"{saved.get('learn_inner_lr', False)}); resume with those or start a fresh --out-dir") from None
+
+
+def saved_config(a):
+    """The config as a checkpoint and run.json keep it: every flag's value, not which were given."""
+    return {k: v for k, v in vars(a).items() if k != "given"}

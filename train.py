@@ -37,13 +37,13 @@ import checkpoint
 import config
 import data as datalib
 import ddp
-import dynamics
 import heldout
 import meta
+import outputs
 import tasks
 from config import UserError
 from data import STREAM_COIN, STREAM_LM, STREAM_PROBE, STREAM_VAL, VAL_SEED
-from model import Transformer, count_params, flops_per_token, peak_flops, preset
+from model import Transformer, flops_per_token, peak_flops, preset
 from tasks.common import host_to, use_compile
 
 
@@ -181,7 +181,7 @@ def loop(run, a):
         if state["step"] == run.clock["first"] + 1:  # the first step pays one-time costs: time those after it
             run.clock["t1"] = time.perf_counter()
         if state["step"] == run.clock["first"] + 1 + min(5, a.max_steps - run.clock["first"] - 1) > run.clock["first"] + 1:
-            tqdm.write(estimate(run, a))
+            tqdm.write(outputs.estimate(run, a))
         if state["step"] % a.log_every == 0 or state["step"] == a.max_steps:  # the one host sync of a log interval
             if not math.isfinite(loss := loss.item()):  # the checkpoint on disk is the last good eval's
                 diverged(run, f"{kind} loss", loss, state["step"])
@@ -202,23 +202,7 @@ def step_line(run, kind, loss, lr, gnorm, dt):
         if run.peak:
             msg += f" MFU {run.lm_flops / dt / run.peak / run.world:.1%}"
     done, left = run.state["step"] - run.clock["first"], run.a.max_steps - run.state["step"]
-    return msg + f"  {clock((time.perf_counter() - run.clock['start']) / max(1, done) * left)} left"  # evals included
-
-
-def estimate(run, a):
-    """The run's wall time, from its first timed steps and the time of its first eval."""
-    first, done = run.clock["first"], run.state["step"] - run.clock["first"] - 1  # steps timed after the first
-    per_step, eval_s = (time.perf_counter() - run.clock["t1"]) / done, run.clock["eval_s"]
-    evals = len({s for s in range(first + 1, a.max_steps + 1) if s % a.eval_every == 0} | {a.max_steps})
-    total = per_step * (a.max_steps - first) + evals * (eval_s or 0)
-    return (f"estimated time: {clock(total)} for {a.max_steps - first} steps ({1000 * per_step:.0f} ms per step over "
-            f"steps {first + 2}-{run.state['step']}, " + (f"{evals} evals at {eval_s:.1f} s)" if eval_s is not None else
-                                                         "evals not included)"))
-
-
-def clock(s):
-    s = int(round(s))
-    return f"{s // 3600}h{s // 60 % 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+    return msg + f"  {outputs.clock((time.perf_counter() - run.clock['start']) / max(1, done) * left)} left"  # evals included
 
 
 # ----------------------------------------------------------------------------- evaluation, log, checkpoint
@@ -290,17 +274,13 @@ def save_checkpoint(run, a):
     step, tok = run.state["step"], run.tok
     ck = {"model": run.model.state_dict(), "meta_head": run.head.state_dict(), "inner_lrs": run.inner.state_dict(),
           "optimizer": run.opt.state_dict(), "model_args": vars(run.margs), "step": step, "state": dict(run.state),
-          "rng": checkpoint.rng_state(), "data_meta": run.dmeta, "config": saved_config(a),
+          "rng": checkpoint.rng_state(), "data_meta": run.dmeta, "config": checkpoint.saved_config(a),
           "vocab_map": None if tok.old_of_new is None else torch.from_numpy(tok.old_of_new),
           "dynamics_probe": tuple(t.cpu() for t in run.dyn.probe) if run.dyn else None}
     checkpoint.save(run.out / "ckpt.pt", ck)
     run.saved_step = step
     if a.save_every and step % a.save_every == 0:  # a trajectory for eval_ner.py and the dynamics
         checkpoint.save(run.out / f"ckpt_step{step}.pt", ck)
-
-
-def saved_config(a):
-    return {k: v for k, v in vars(a).items() if k != "given"}
 
 
 # ----------------------------------------------------------------------------- set-up
@@ -343,8 +323,12 @@ def setup(a, rank, world, device, dtype, ctx):
                           saved_step=ckpt["step"] if ckpt else None,
                           win={k: [] for k in ("lm_ms", "meta_ms", "lm_loss", "meta_loss", "support_acc", "query_acc")})
     run.lm_flops = flops_per_token(margs, a.block_size) * run.lm_tokens
-    describe(run, a)
-    run.dyn, run.texts = ddp.agree(lambda: start_outputs(run, a, ckpt), rank, world, "rank0") or (None, {})
+    outputs.describe(run, a)
+    probe = None
+    if run.dyn_every:  # the batch the dynamics are measured on: drawn once, then carried in the checkpoint
+        probe = (ckpt or {}).get("dynamics_probe") or get_batch(
+            run.val_tok, min(4, a.batch_size), a.block_size, a.seed, STREAM_PROBE, 0, "cpu")
+    run.dyn, run.texts = ddp.agree(lambda: outputs.start(run, a, probe), rank, world, "rank0") or (None, {})
     return run
 
 
@@ -353,51 +337,6 @@ def compile_model(model):
     decoder through a compiled functional_call (tasks.common.use_compile)."""
     use_compile()
     return torch.compile(model)
-
-
-def describe(run, a):
-    """The derived numbers, printed before training."""
-    total, non_emb = count_params(run.margs)
-    d = run.dmeta
-    print(f"corpus {a.data_dir}: {d['train_tokens']:,} train and {d['val_tokens']:,} val tokens, vocab {d['vocab_size']:,}")
-    if a.recipe == "cpu":
-        print(f"recipe cpu (no GPU, no shape flag): {a.batch_size} x {a.block_size} tokens per step, {a.max_steps} steps, "
-              f"lr {a.lr:g}, eval every {a.eval_every}; --recipe paper (or any shape flag) gives the paper's GPU shapes")
-    else:
-        print(f"recipe paper{'' if run.device == 'cuda' else ' (on a CPU: --recipe cpu runs in minutes)'}")
-    if run.device == "cpu" and run.dtype == "bfloat16" and not config.cpu_has_bf16():
-        print("warning: --dtype bfloat16 on a CPU without bf16 matrix units (no avx512_bf16 or amx_bf16): measured 9.2x "
-              "slower than float32 on such a CPU (bench.py LM step 8,278 ms against 904); use --dtype float32", file=sys.stderr)
-    print(f"model {a.size}: {total:,} parameters ({non_emb:,} non-embedding), vocab {run.margs.vocab_size:,}")
-    print(f"device {run.device}, dtype {run.dtype}, compile {a.compile}, seed {a.seed}"
-          + (f", {run.world} processes (DDP, {dist.get_backend()})" if run.world > 1 else ""))
-    split = f"{run.world} processes x {a.grad_accum} micro-batches x " if run.n_micro > 1 else ""
-    print(f"tokens per LM step: {run.lm_tokens:,} ({split}{a.batch_size} x {a.block_size}), {run.lm_flops:.3g} FLOPs")
-    if a.meta:
-        print(f"meta ({a.outer}): {a.hybrid_ratio:.0%} of steps from step {a.meta_start}; "
-              f"{f'{run.n_micro} x ' if run.n_micro > 1 else ''}{run.task.describe()}; inner loop {a.inner_steps} "
-              f"{'SGD' if a.inner_opt == 'sgd' else f'AdamW ({a.inner_schedule})'} steps at lr {a.inner_lr} on {a.inner_params}" + (f" (rank {a.inner_rank} deltas)" if a.inner_rank else "")
-              + (f", {len(run.inner)} step sizes learned" if run.inner else ""))
-
-
-def start_outputs(run, a, ckpt):
-    """Rank 0: run.json (what compare.py needs without loading a checkpoint), fresh logs, the
-    dynamics recorder and its probe batch (drawn once, then carried in the checkpoint), and
-    the held-out texts."""
-    run.out.mkdir(parents=True, exist_ok=True)
-    total, non_emb = count_params(run.margs)
-    (run.out / "run.json").write_text(json.dumps({
-        "config": saved_config(a), "data_meta": run.dmeta, "world_size": run.world, "model_args": vars(run.margs),
-        "params": total, "non_embedding_params": non_emb}, indent=2, default=str))
-    for p in (run.out / "log.jsonl", run.out / "dynamics.jsonl"):
-        if not a.resume and p.exists():
-            p.unlink()  # a fresh run starts fresh logs
-    recorder = None
-    if run.dyn_every:
-        probe = (ckpt or {}).get("dynamics_probe") or get_batch(
-            run.val_tok, min(4, a.batch_size), a.block_size, a.seed, STREAM_PROBE, 0, "cpu")
-        recorder = dynamics.Recorder(tuple(t.to(run.device) for t in probe), run.out / "dynamics.jsonl", run.ctx)
-    return recorder, heldout.load_texts(a, run.tok)
 
 
 def main(argv=None):
