@@ -140,12 +140,13 @@ def report(runs, targets, ner):
             out.append(f"| {r['name']} | " + " | ".join(
                 f"{et[t]['loss']:.4f} / {et[t]['bpb']:.4f} / {et[t]['unk_frac']:.3f}" if t in et else "-" for t in texts) + " |")
     for label, files in ner.items():
-        codes = sorted(set().union(*(n["results"] for n in files)))
+        codes = sorted(set().union(*(n["results"] for n in files if n)))
         out += ["", f"## Universal NER F1 (%){' — ' + label if label else ''}", "",
                 "| test set | " + " | ".join(r["name"] for r in runs) + " | " +
                 " | ".join(f"{r['name']} - {base['name']}" for r in runs[1:]) + " |", "|---" * (2 * len(runs)) + "|"]
         for code in codes + ["average"]:
-            f1 = [100 * (n["avg_f1"] if code == "average" else n["results"].get(code, {}).get("f1", float("nan"))) for n in files]
+            f1 = [100 * (float("nan") if not n else n["avg_f1"] if code == "average" else
+                         n["results"].get(code, {}).get("f1", float("nan"))) for n in files]
             out.append(f"| {code} | " + " | ".join(f"{v:.2f}" for v in f1) + " | " + " | ".join(f"{v - f1[0]:+.2f}" for v in f1[1:]) + " |")
     learned = [r for r in runs if r["log"][-1].get("inner_lrs")]
     if learned:
@@ -248,8 +249,8 @@ def main(argv=None):
                    help="name an arm and its runs (one per seed), instead of grouping the runs by config")
     p.add_argument("--targets", help="comma-separated val losses (default: spread over what every run crosses)")
     p.add_argument("--ner", action="append", default=[], metavar="[LABEL=]FILE,FILE,...",
-                   help="eval_ner.py --out files, one per run, in the same order; repeatable with a label each "
-                        "(e.g. head@600=..., full=...)")
+                   help="eval_ner.py --out files, one per run, in the same order ('-' for a run without one); "
+                        "repeatable with a label each (e.g. head@600=..., full=...)")
     p.add_argument("--out", default="report.md", help="markdown report; plots go beside it")
     a = p.parse_args(argv)
     try:
@@ -272,9 +273,9 @@ def main(argv=None):
             if len(files) != len(runs):
                 raise UserError(f"--ner{' ' + label if label else ''}: {len(files)} files for {len(runs)} runs; give one per run, in order")
             for f in files:
-                if not Path(f).exists():
+                if f != "-" and not Path(f).exists():
                     raise UserError(f"--ner: {f} not found; write it with eval_ner.py --out")
-            ner[label] = [json.loads(Path(f).read_text()) for f in files]
+            ner[label] = [None if f == "-" else json.loads(Path(f).read_text()) for f in files]  # -: none for that run
     except (UserError, ValueError) as e:
         sys.exit(f"compare.py: error: {e}")
     text, summary = report(runs, targets, ner)
@@ -282,7 +283,7 @@ def main(argv=None):
     out.parent.mkdir(parents=True, exist_ok=True)
     seeded = a.arm or any(len(rs) > 1 for _, rs in arms)
     if seeded:
-        by_dir = {label: dict(zip((r["dir"] for r in runs), files)) for label, files in ner.items()}
+        by_dir = {label: {r["dir"]: n for r, n in zip(runs, files) if n} for label, files in ner.items()}
         text += "\n" + "\n".join(armslib.arms_report(arms, targets, by_dir)) + "\n"
         if len(arms) > 1:
             (out.parent / "gap.json").write_text(json.dumps(armslib.gap_json(arms)))

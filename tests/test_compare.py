@@ -210,12 +210,12 @@ def test_ner_sets_get_a_labelled_row_each(tmp_path):
     runs = [write_seed_run(tmp_path / f"{arm}-s{s}", s, 5.0, 0.5, meta=arm == "meta") for arm in ("vanilla", "meta")
             for s in (1, 2)]
     specs = []
-    for label, f1 in (("head@600", [0.1, 0.2, 0.3, 0.5]), ("full", [0.4, 0.5, 0.42, 0.53])):
+    for label, f1 in (("head@600", [0.1, 0.2, 0.3, 0.5]), ("full", [0.4, 0.5, 0.42, 0.53]), ("some", [0.4, None, 0.5, 0.6])):
         files = []
         for r, f in zip(runs, f1):
             p = tmp_path / f"{label}_{r.name}.json"
             p.write_text(json.dumps({"results": {"da_ddt": {"f1": f}}, "avg_f1": f}))
-            files.append(str(p))
+            files.append(str(p) if f is not None else "-")  # "-": no file for that run
         specs += ["--ner", f"{label}=" + ",".join(files)]
     out = tmp_path / "report.md"
     compare.main([*map(str, runs), *specs, "--targets", "6.0", "--out", str(out)])
@@ -223,6 +223,7 @@ def test_ner_sets_get_a_labelled_row_each(tmp_path):
     assert rows["UNER average F1 (%) head@600"].endswith("| +25 [-38.5, +88.5] not significant |")  # +20, +30
     assert rows["UNER average F1 (%) full"].startswith("| UNER average F1 (%) full | 45 ± 7.1 | 47.5 ± 7.8 |")
     assert "## Universal NER F1 (%) — full" in out.read_text()
+    assert rows["UNER average F1 (%) some"].endswith("| +10 (1 seed: no interval) |")  # seed 1 pairs; seed 2 has no vanilla file
 
 
 def test_late_rise_finds_a_rise_then_a_fall_after_the_trough():
