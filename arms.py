@@ -3,7 +3,7 @@ Arms over seeds, for compare.py: runs with the same config but --seed form an ar
 figure is given as mean +- standard deviation over an arm's seeds, and for every arm after the
 first as the difference to the first, paired by seed, with a 95% t interval ("not significant"
 when it spans 0). The gap over training is that difference at every eval, at equal steps,
-tokens and FLOPs: does a deficit shrink, hold or grow as training lengthens? Plots draw one
+tokens, FLOPs and LM steps: does a deficit shrink, hold or grow as training lengthens? Plots draw one
 colour per arm: its mean over seeds and a band (min to max of the seeds; for a gap, the 95%
 interval).
 """
@@ -17,7 +17,14 @@ import numpy as np
 T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
 NOT_THE_ARM = {"seed", "out_dir", "data_dir", "resume", "given"}  # config keys that may differ within an arm
-BASES = (("step", "steps"), ("tokens", "tokens"), ("flops", "FLOPs"))
+BASES = (("step", "steps"), ("tokens", "tokens"), ("flops", "FLOPs"), ("lm_steps", "LM steps"))
+
+
+def bases(runs):
+    """The axes every run's log has. Equal LM steps sets the LM steps a meta arm kept against
+    the vanilla run's: what is left of the gap there is the meta steps' own effect on the LM,
+    not the LM steps they replaced."""
+    return [(k, u) for k, u in BASES if all(k in row for r in runs for row in r["log"])]
 val_loss = lambda row: row["val_loss"]
 
 
@@ -103,7 +110,7 @@ def arm_figures(runs, targets, ner_sets):
     every run reached (equal steps / tokens / FLOPs); steps to each target; val episodes;
     held-out text; NER F1 of each set of NER files ({label: {run dir: eval_ner.py JSON}})."""
     figs = {}
-    for key, unit in BASES:
+    for key, unit in bases(runs):
         x = min(r["log"][-1][key] for r in runs)
         figs[f"val loss at equal {unit} ({x:.3g})"] = {r["dir"]: at(r["log"], key, x) for r in runs}
     for t in targets:
@@ -165,40 +172,38 @@ def gap(arms, key, value=val_loss):
     return out
 
 
-def quarters(arms):
-    """The eval steps nearest to 1/4, 1/2, 3/4 and all of the steps every run reached."""
-    xs = grid(arms, "step")
+def quarters(arms, key):
+    """The first run's evals nearest to 1/4, 1/2, 3/4 and all of what every run reached on `key`."""
+    xs = grid(arms, key)
     return sorted({min(xs, key=lambda s: abs(s - q * xs[-1])) for q in (0.25, 0.5, 0.75, 1.0)})
 
 
 def gap_report(arms):
-    """Tables of the gap at the quarter points: val loss at equal steps, tokens and FLOPs (the
-    first run's tokens and FLOPs at that step), and held-out bits per byte at equal steps."""
+    """Tables of the gap at the quarter points: val loss at equal steps, tokens, FLOPs and LM
+    steps, and held-out bits per byte at equal steps."""
     if len(arms) < 2:
         return []
     base_name, base = arms[0]
-    steps = quarters(arms)
-    ref = {s: next(row for row in base[0]["log"] if row["step"] == s) for s in steps}
+    runs = [r for _, rs in arms for r in rs]
     head = "| " + " | ".join(f"{n} − {base_name}" for n, _ in arms[1:]) + " |"
     out = ["", "## The gap over training", "",
-           f"Each arm minus `{base_name}`, paired by seed, with its 95% t interval, at a quarter, half, three "
-           f"quarters and all of training. Equal tokens and FLOPs: `{base[0]['name']}`'s at that step, the other "
-           "runs interpolated between their evals. Every eval: the plot `gap.png` and `gap.json`."]
+           f"Each arm minus `{base_name}`, paired by seed, with its 95% t interval, at the evals of "
+           f"`{base[0]['name']}` nearest to a quarter, half, three quarters and all of what every run reached "
+           "on that axis; the other runs are interpolated between their evals. Every eval: `gap.png`, `gap.json`."]
     texts = sorted({n for r in base for n in (r["log"][-1].get("eval_text") or {})})
-    tables = [(f"val loss at equal {unit}", key, val_loss) for key, unit in BASES]
-    tables += [(f"held-out {t} bits per byte at equal steps", "step", text_bpb(t)) for t in texts]
-    for title, key, value in tables:
-        out += ["", f"**{title}**", "", f"| step ({key}) " + head, "|---" * len(arms) + "|"]
-        for s in steps:
-            x = ref[s][key]
+    tables = [(f"val loss at equal {unit}", key, unit, val_loss) for key, unit in bases(runs)]
+    tables += [(f"held-out {t} bits per byte at equal steps", "step", "steps", text_bpb(t)) for t in texts]
+    for title, key, unit, value in tables:
+        out += ["", f"**{title}**", "", f"| {unit} " + head, "|---" * len(arms) + "|"]
+        for x in quarters(arms, key):
             cells = [cell(*diff(base, rs, lambda r: at(r["log"], key, x, value))) for _, rs in arms[1:]]
-            out.append(f"| {s}" + (f" ({x:.3g})" if key != "step" else "") + " | " + " | ".join(cells) + " |")
+            out.append(f"| {x:.4g} | " + " | ".join(cells) + " |")
     return out
 
 
 def gap_json(arms):
     """Every eval's gap, for a reader's own plots."""
-    out = {key: gap(arms, key) for key, _ in BASES}
+    out = {key: gap(arms, key) for key, _ in bases([r for _, rs in arms for r in rs])}
     texts = sorted({n for r in arms[0][1] for n in (r["log"][-1].get("eval_text") or {})})
     out |= {f"bpb {t} (step)": gap(arms, "step", text_bpb(t)) for t in texts}
     return out
@@ -271,8 +276,9 @@ def arm_plots(arms, out_dir, plt):
         ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 0))
     files.append(save(fig, out_dir / "val_loss.png"))
     if len(arms) > 1:
-        fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-        for ax, (key, unit) in zip(axes, BASES):
+        axes_of = bases([r for _, rs in arms for r in rs])
+        fig, axes = plt.subplots(1, len(axes_of), figsize=(5 * len(axes_of), 4.2))
+        for ax, (key, unit) in zip(axes, axes_of):
             for name, rows in gap(arms, key).items():
                 x, m, lo, hi = (np.array(c, dtype=float) for c in zip(*rows))
                 ax.plot(x, m, color=colors[name], marker=".", label=f"{name} − {arms[0][0]}")

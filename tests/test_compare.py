@@ -165,12 +165,13 @@ def test_held_out_text_has_its_own_table(tmp_path):
     assert "| vanilla | 6.0000 / 1.2500 / " in out.read_text()
 
 
-def write_curve(d, seed, losses, meta=False, tokens_per_step=1000, bpb=None):
-    """An eval every 100 steps; a meta arm may count other tokens per step."""
+def write_curve(d, seed, losses, meta=False, tokens_per_step=1000, bpb=None, lm_steps=None):
+    """An eval every 100 steps; a meta arm may count other tokens per step, and fewer LM steps."""
     d.mkdir(parents=True)
     rows = [{"step": 100 * i, "tokens": 100 * i * tokens_per_step, "flops": 100 * i * tokens_per_step * 1e6,
-             "elapsed_s": i, "val_loss": v} | ({"eval_text": {"held": {"loss": v, "bpb": bpb[i], "unk_frac": 0}}}
-                                                if bpb else {}) for i, v in enumerate(losses)]
+             "elapsed_s": i, "val_loss": v, "lm_steps": (lm_steps or [100 * j for j in range(len(losses))])[i]}
+            | ({"eval_text": {"held": {"loss": v, "bpb": bpb[i], "unk_frac": 0}}} if bpb else {})
+            for i, v in enumerate(losses)]
     (d / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     meta_d = {"encoding": "cl100k_base", "vocab_size": 8192, "sources": [{"path": "x", "sha256": "abc"}]}
     (d / "run.json").write_text(json.dumps({"data_meta": meta_d, "config": {"seed": seed, "out_dir": str(d), "meta": meta}}))
@@ -182,7 +183,8 @@ def test_the_gap_over_training_is_the_paired_difference_at_every_eval(tmp_path):
     gaps = {1: [0, 0.3, 0.2, 0.1, 0.0], 2: [0, 0.5, 0.2, 0.2, 0.1], 3: [0, 0.4, 0.2, 0.15, 0.05]}  # the meta arm's excess
     van = [write_curve(tmp_path / f"vanilla-s{s}", s, [v + 0.01 * s for v in base], bpb=[2.0] * 5) for s in gaps]
     met = [write_curve(tmp_path / f"meta-s{s}", s, [v + 0.01 * s + g for v, g in zip(base, gaps[s])], meta=True,
-                       tokens_per_step=2000, bpb=[2.0 + g for g in gaps[s]]) for s in gaps]
+                       tokens_per_step=2000, bpb=[2.0 + g for g in gaps[s]], lm_steps=[0, 100, 200, 250, 300])
+           for s in gaps]
     out = tmp_path / "r" / "report.md"
     compare.main([*map(str, van + met), "--targets", "6.0", "--out", str(out)])
     text = out.read_text()
@@ -203,7 +205,12 @@ def test_the_gap_over_training_is_the_paired_difference_at_every_eval(tmp_path):
     assert rows[1] == "| 200 | +0.2 [+0.2, +0.2] |"  # every seed 0.2 behind: a zero-width interval
     assert "not significant" in rows[3]  # 0.0, 0.1, 0.05: the interval spans 0
     assert "**held-out held bits per byte at equal steps**" in text
-    assert set(json.loads((out.parent / "gap.json").read_text())) == {"step", "tokens", "flops", "bpb held (step)"}
+    # equal LM steps: the meta runs took 300 LM steps in 400; against vanilla's step 300 their step 400 counts
+    by_lm = dict((x, m) for x, m, *_ in armslib.gap(arms, "lm_steps")["meta"])
+    assert max(by_lm) == 300 and by_lm[300] == pytest.approx(np.mean([5.0 + gaps[s][4] - 5.2 for s in gaps]))
+    assert "**val loss at equal LM steps**" in text
+    assert set(json.loads((out.parent / "gap.json").read_text())) == {"step", "tokens", "flops", "lm_steps",
+                                                                      "bpb held (step)"}
 
 
 def test_ner_sets_get_a_labelled_row_each(tmp_path):
