@@ -97,6 +97,8 @@ def cell(m, ci, sig):
         return "-"
     if ci is None:
         return f"{m:+.4g} (1 seed: no interval)"
+    if ci == (0.0, 0.0):  # e.g. before --meta-start a meta run is the same run as its vanilla seed
+        return "0 (identical)"
     return f"{m:+.4g} [{ci[0]:+.3g}, {ci[1]:+.3g}]" + ("" if sig else " not significant")
 
 
@@ -115,7 +117,10 @@ def arm_figures(runs, targets, ner_sets):
         figs[f"val loss at equal {unit} ({x:.3g})"] = {r["dir"]: at(r["log"], key, x) for r in runs}
     for t in targets:
         figs[f"steps to val loss {t}"] = {r["dir"]: (crossing(r["log"], t) or {}).get("step") for r in runs}
-    figs["val episodes acc after the inner loop"] = {r["dir"]: r["log"][-1].get("episode_acc_after") for r in runs}
+    # val episodes of different tasks are different tests: one figure per task, never compared across
+    for task in dict.fromkeys(r["info"].get("config", {}).get("task") for r in runs):
+        figs[f"val {task + ' ' if task else ''}episodes acc after the inner loop"] = {
+            r["dir"]: r["log"][-1].get("episode_acc_after") for r in runs if r["info"].get("config", {}).get("task") == task}
     for name in sorted({n for r in runs for n in (r["log"][-1].get("eval_text") or {})}):
         for m in ("loss", "bpb"):
             figs[f"held-out {name} {m}"] = {r["dir"]: (r["log"][-1].get("eval_text") or {}).get(name, {}).get(m)
@@ -140,7 +145,9 @@ def arms_report(arms, targets, ner_sets):
         for name, rs in arms[1:]:
             m, ci, sig = diff(base, rs, lambda r: vals.get(r["dir"]))
             diffs.append(cell(m, ci, sig))
-            if ci is not None:
+            if ci == (0.0, 0.0):
+                reading.append(f"- {name} − {base_name}, {fig}: identical in every seed")
+            elif ci is not None:
                 reading.append(f"- {name} − {base_name}, {fig}: {m:+.4g}, 95% CI [{ci[0]:+.3g}, {ci[1]:+.3g}]: "
                                + ("significant" if sig else "not significant"))
         out.append(f"| {fig} | " + " | ".join(cells + diffs) + " |")

@@ -137,14 +137,19 @@ def resume_config(a, out, cut_logs=True):
     return ckpt, a
 
 
-def load_state(ckpt, model, head, inner, opt, a, out):
-    """The trained weights, episode head, learned step sizes and optimiser state of a checkpoint."""
+def load_state(ckpt, model, head, inner, opt, meta_opt, a, out):
+    """The trained weights, episode head, learned step sizes and optimiser state of a checkpoint.
+    A separate meta optimiser (--meta-moments separate) starts fresh where the checkpoint has
+    none, e.g. one saved before --meta-start or by a run with shared moments."""
     model.load_state_dict(ckpt["model"])
     try:
         head.load_state_dict(ckpt["meta_head"])
         inner.load_state_dict(ckpt.get("inner_lrs", {}))
         opt.load_state_dict(ckpt["optimizer"])
-        opt.param_groups[0]["weight_decay"] = a.weight_decay  # a --weight-decay given again takes effect
+        if meta_opt and ckpt.get("meta_optimizer"):
+            meta_opt.load_state_dict(ckpt["meta_optimizer"])
+        for o in (opt, meta_opt) if meta_opt else (opt,):
+            o.param_groups[0]["weight_decay"] = a.weight_decay  # a --weight-decay given again takes effect
     except (KeyError, ValueError, RuntimeError):
         saved = ckpt["config"]
         raise UserError(f"--resume: {out / 'ckpt.pt'} has another episode head or other learned step sizes (saved "

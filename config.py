@@ -161,7 +161,10 @@ def add_meta_args(p):
                         "set's mean token embedding to one op per block on the MLP path (its SwiGLU, skip, or a rank-16 "
                         "linear), straight-through; trained in the outer loop, not adapted. LM steps use the SwiGLU")
     g.add_argument("--meta-weight", type=float, default=1.0,
-                   help="scale of the query loss in a meta step (the optimiser's moments are shared with LM steps)")
+                   help="scale of the query loss in a meta step")
+    g.add_argument("--meta-moments", default="shared", choices=["shared", "separate"],
+                   help="AdamW moments of meta steps: shared with LM steps (the paper's), or an AdamW of their own over "
+                        "the same weights, so that larger meta gradients do not shrink the LM steps")
 
 
 def default_n_way(task, k_shot, n_query, episode_len, batch_size, block_size):

@@ -119,8 +119,9 @@ def train_step(run, a, kind, pos):
     loop() checks the loss for NaN where it prints it."""
     loss, stats, tokens = step_grads(run, a, kind, pos)
     gnorm = torch.nn.utils.clip_grad_norm_(run.params, a.grad_clip if a.grad_clip > 0 else float("inf"))
-    run.opt.step()
-    run.opt.zero_grad(set_to_none=True)
+    opt = run.meta_opt if kind == "meta" and run.meta_opt else run.opt
+    opt.step()
+    opt.zero_grad(set_to_none=True)
     return loss, stats, tokens, gnorm
 
 
@@ -161,7 +162,7 @@ def loop(run, a):
                disable=None if rank == 0 else True)
     for _ in bar:
         lr = lr_at(state["step"], a)
-        for g in run.opt.param_groups:
+        for g in [*run.opt.param_groups, *(run.meta_opt.param_groups if run.meta_opt else [])]:
             g["lr"] = lr
         t0 = time.perf_counter()
         coin = np.random.default_rng([a.seed, STREAM_COIN, state["step"]]).random()  # the same on every rank
@@ -273,7 +274,8 @@ def save_checkpoint(run, a):
     """OUT/ckpt.pt (and ckpt_step{N}.pt every --save-every steps): one plain dict, written atomically."""
     step, tok = run.state["step"], run.tok
     ck = {"model": run.model.state_dict(), "meta_head": run.head.state_dict(), "inner_lrs": run.inner.state_dict(),
-          "optimizer": run.opt.state_dict(), "model_args": vars(run.margs), "step": step, "state": dict(run.state),
+          "optimizer": run.opt.state_dict(), "meta_optimizer": run.meta_opt.state_dict() if run.meta_opt else None,
+          "model_args": vars(run.margs), "step": step, "state": dict(run.state),
           "rng": checkpoint.rng_state(), "data_meta": run.dmeta, "config": checkpoint.saved_config(a),
           "vocab_map": None if tok.old_of_new is None else torch.from_numpy(tok.old_of_new),
           "dynamics_probe": tuple(t.cpu() for t in run.dyn.probe) if run.dyn else None}
@@ -305,18 +307,22 @@ def setup(a, rank, world, device, dtype, ctx):
     params = [*model.parameters(), *head.parameters(), *inner.parameters()]
     decay = [p for p in params if p.dim() >= 2]  # matrices decay; norm gains, temperature and step sizes do not
     no_decay = [p for p in params if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": a.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-                            lr=a.lr, betas=(0.9, 0.95), fused=True)
+    adamw = lambda: torch.optim.AdamW([{"params": decay, "weight_decay": a.weight_decay},
+                                       {"params": no_decay, "weight_decay": 0.0}], lr=a.lr, betas=(0.9, 0.95), fused=True)
+    opt = adamw()
+    # --meta-moments separate: meta steps get an AdamW of their own over the same weights, so that
+    # their larger gradients do not inflate the second moments that scale every LM step
+    meta_opt = adamw() if a.meta and a.meta_moments == "separate" else None
     state = {"step": 0, "lm_pos": 0, "meta_pos": 0, "tokens": 0, "flops": 0.0, "elapsed_s": 0.0}
     if ckpt:
-        ddp.agree(lambda: checkpoint.load_state(ckpt, model, head, inner, opt, a, out), rank, world)
+        ddp.agree(lambda: checkpoint.load_state(ckpt, model, head, inner, opt, meta_opt, a, out), rank, world)
         state = ckpt["state"]
         checkpoint.set_rng_state(ckpt["rng"])
     lm_model = compile_model(model) if a.compile else model
     margs, n_micro = model.args, world * a.grad_accum
     run = SimpleNamespace(a=a, rank=rank, world=world, device=device, dtype=dtype, ctx=ctx, out=out, dmeta=dmeta,
                           train_tok=train_tok, val_tok=val_tok, task=task, tok=tok, model=model, lm_model=lm_model, head=head,
-                          inner=inner, params=params, opt=opt, state=state, margs=margs, n_micro=n_micro,
+                          inner=inner, params=params, opt=opt, meta_opt=meta_opt, state=state, margs=margs, n_micro=n_micro,
                           net=ddp.wrap(Objective(model, lm_model, head, inner, task, a), world, device),
                           lm_tokens=a.batch_size * a.block_size * n_micro, peak=peak_flops(device),
                           dyn_every=0 if a.dynamics_every == 0 else (a.dynamics_every or a.eval_every),

@@ -116,7 +116,7 @@ def test_learned_inner_step_sizes_are_reported_per_layer(tmp_path):
     assert "| head | 1 | 2 | 2 (w) | 2 (w) |" in text
 
 
-def write_seed_run(d, seed, final, acc_after, meta=False):
+def write_seed_run(d, seed, final, acc_after, meta=False, task="smlmt"):
     """Two evals; the config differs between arms only in --meta, within an arm only in the seed."""
     d.mkdir(parents=True)
     rows = [{"step": 0, "tokens": 0, "flops": 0, "elapsed_s": 0, "val_loss": 9.0, "episode_acc_after": 0.3},
@@ -125,7 +125,7 @@ def write_seed_run(d, seed, final, acc_after, meta=False):
     (d / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     meta_d = {"encoding": "cl100k_base", "vocab_size": 8192, "sources": [{"path": "x", "sha256": "abc"}]}
     (d / "run.json").write_text(json.dumps({"data_meta": meta_d, "config": {
-        "seed": seed, "out_dir": str(d), "meta": meta, "lr": 2e-3}}))
+        "seed": seed, "out_dir": str(d), "meta": meta, "task": task, "lr": 2e-3}}))
     return d
 
 
@@ -142,10 +142,26 @@ def test_arms_report_means_sds_and_paired_t_intervals(tmp_path):
     assert rows["val loss at equal steps (100)"].endswith(
         "| 5.1 ± 0.1 | 4.983 ± 0.076 | -0.1167 [-0.306, +0.0731] not significant |")
     # +0.10, +0.11, +0.12 -> mean 0.11, sd 0.01, half 0.024843: the interval excludes 0
-    acc = rows["val episodes acc after the inner loop"]
+    acc = rows["val smlmt episodes acc after the inner loop"]
     assert acc.endswith("| +0.11 [+0.0852, +0.135] |") and "not significant" not in acc
-    assert "meta − vanilla, val episodes acc after the inner loop: +0.11, 95% CI [+0.0852, +0.135]: significant" in text
+    assert "meta − vanilla, val smlmt episodes acc after the inner loop: +0.11, 95% CI [+0.0852, +0.135]: significant" in text
     assert "held-out held bpb" in rows and "val loss at equal FLOPs (1e+12)" in rows
+
+
+def test_episodes_of_other_tasks_are_not_compared_and_identical_runs_say_so(tmp_path):
+    """A pico arm's val episodes are another test than vanilla's SMLMT episodes: its accuracy gets
+    a row of its own with no difference. A run that equals its baseline seed for seed (a meta run
+    before --meta-start) reads 'identical', not an interval of width 0."""
+    van = [write_seed_run(tmp_path / f"vanilla-s{s}", s, 5.0 + s / 10, 0.5) for s in (1, 2)]
+    pico = [write_seed_run(tmp_path / f"pico-s{s}", s, 5.0 + s / 10, 0.8, meta=True, task="pico") for s in (1, 2)]
+    out = tmp_path / "report.md"
+    compare.main([*map(str, van + pico), "--targets", "6.0", "--out", str(out)])
+    text = out.read_text()
+    rows = {line.split(" | ")[0].strip("| "): line for line in text.splitlines() if line.startswith("| ")}
+    assert rows["val smlmt episodes acc after the inner loop"].endswith("| 0.5 ± 0 | - | - |")
+    assert rows["val pico episodes acc after the inner loop"].endswith("| - | 0.8 ± 0 | - |")
+    assert rows["val loss at equal steps (100)"].endswith("| 0 (identical) |")
+    assert "pico − vanilla, val loss at equal steps (100): identical in every seed" in text
 
 
 def test_one_seed_per_arm_says_no_interval(tmp_path):

@@ -311,6 +311,26 @@ def test_episode_head_is_checkpointed_and_resumed_exactly(data_dir, tmp_path, ta
     assert any(not torch.equal(a[k], init[k]) for k in a)  # the outer optimiser trained the head
 
 
+def test_separate_meta_moments_leave_the_lm_optimiser_to_lm_steps_and_resume_exactly(data_dir, tmp_path):
+    """--meta-moments separate: the LM steps' AdamW has stepped only on LM steps (its second
+    moments never see a meta gradient), the meta AdamW only on meta steps; both are checkpointed,
+    so a resumed run is the uninterrupted one. Shared moments step on every step."""
+    common = ("--meta", "--meta-start", 0, "--dynamics-every", 0)
+    full = run_train(data_dir, tmp_path / "full", "--max-steps", 10, "--eval-every", 5, *common, "--meta-moments", "separate")
+    run_train(data_dir, tmp_path / "half", "--max-steps", 5, "--decay-steps", 10, "--eval-every", 5, *common,
+              "--meta-moments", "separate")
+    resumed = run_train(data_dir, tmp_path / "half", "--resume", "--max-steps", 10)
+    shared = run_train(data_dir, tmp_path / "shared", "--max-steps", 10, "--eval-every", 5, *common)
+    steps = lambda opt: max(int(s["step"]) for s in opt["state"].values())
+    ck = torch.load(tmp_path / "full" / "ckpt.pt", weights_only=True)
+    assert 0 < full[-1]["lm_steps"] < 10
+    assert steps(ck["optimizer"]) == full[-1]["lm_steps"] and steps(ck["meta_optimizer"]) == full[-1]["meta_steps"]
+    sh = torch.load(tmp_path / "shared" / "ckpt.pt", weights_only=True)
+    assert steps(sh["optimizer"]) == 10 and sh["meta_optimizer"] is None
+    assert [r["val_loss"] for r in resumed] == [r["val_loss"] for r in full]
+    assert full[-1]["val_loss"] != shared[-1]["val_loss"]  # the same batches, other moments
+
+
 # ----------------------------------------------------------------------------- the inner loop's step (issue: the inner loop must matter)
 
 @pytest.mark.parametrize("task", ["smlmt", "pico", "lm"])

@@ -53,7 +53,8 @@ def second_moments(S, step):
 def probe(S, step, trials, follow):
     tmp = Path(tempfile.mkdtemp())
     (tmp / "ckpt.pt").symlink_to((S / f"smlmt-s1/ckpt_step{step}.pt").resolve())
-    a = config.get_args(["--out-dir", str(tmp), "--resume", "--dynamics-every", "0"])
+    # float32, not the run's bf16: a one-step effect of ~1e-3 nats must not drown in bf16 rounding
+    a = config.get_args(["--out-dir", str(tmp), "--resume", "--dynamics-every", "0", "--dtype", "float32"])
     device, dtype, ctx = config.hardware(a.device, a.dtype)
     run = train.setup(a, 0, 1, device, dtype, ctx)
     a = run.a
