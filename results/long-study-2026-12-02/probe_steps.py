@@ -26,19 +26,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import config  # noqa: E402
 import train  # noqa: E402
-from model import ModelArgs, Transformer  # noqa: E402
+from meta_moments import slots  # noqa: E402  (this folder's, beside this file)
 
 
 def moments(path):
     """Per weight tensor, sqrt(exp_avg_sq) of a checkpoint's optimiser, named as train.setup() orders
-    its parameters: decoder (tied embedding once), episode head, step sizes; matrices first."""
+    its parameters (meta_moments.slots)."""
     ck = torch.load(path, map_location="cpu", weights_only=True)
-    model = Transformer(ModelArgs(**ck["model_args"]))
-    named = [(n, p.dim()) for n, p in model.named_parameters()]
-    named += [(f"head.{n}", t.dim()) for n, t in ck["meta_head"].items()]
-    named += [(f"inner.{n}", t.dim()) for n, t in ck["inner_lrs"].items()]
-    slots = [n for n, d in named if d >= 2] + [n for n, d in named if d < 2]  # the two param groups, in order
-    return {slots[k]: v["exp_avg_sq"].float().sqrt() for k, v in ck["optimizer"]["state"].items()}
+    names = slots(ck)
+    return {names[k]: v["exp_avg_sq"].float().sqrt() for k, v in ck["optimizer"]["state"].items()}
 
 
 def second_moments(S, step):
