@@ -47,3 +47,5 @@ report() {
 }
 report "vanilla smlmt pico pico0" $R/report.md
 mkdir -p $R/item1 && report "vanilla smlmt pico" $R/item1/report.md
+# The mechanism, on smlmt-s1 and vanilla-s1's checkpoints: second moments, and one step's effect
+python $R/probe_steps.py $S --step 1800 --trials 6 --out $R/probe1800.json > $R/probe1800.txt
