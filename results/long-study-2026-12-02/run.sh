@@ -20,7 +20,7 @@ for seed in 1 2 3; do
       python study.py --data-dir data/enwiki8k --arms $arm --arm pico0="--meta --task pico --meta-start 0" \
           --seeds $seed --tokens 4915200 --eval-runs 12 --out $S -- --size 11m --device cpu --batch-size 16 \
           --block-size 128 --lr 2e-3 --warmup-steps 30 --save-every 600 --dtype bfloat16 $TXT || exit 1
-      mkdir -p $R/$n && cp $S/$n/log.jsonl $S/$n/dynamics.jsonl $S/$n/run.json $R/$n/
+      mkdir -p $R/$n && cp $S/$n/run.json $R/$n/  # the config; the logs stay in $S (data)
     elif [ $pass = head ]; then  # first sub-token, head lr chosen on dev, at 600, 1,200 and 2,400 steps
       [ -f $S/nerhead_${n}_ckpt_step2400.json ] || python eval_ner.py --uner-dir $U --train da_ddt --mode head \
           --ckpt $S/$n/ckpt_step600.pt $S/$n/ckpt_step1200.pt $S/$n/ckpt_step2400.pt --out $S/nerhead.json || exit 1
@@ -34,13 +34,15 @@ for seed in 1 2 3; do
 done
 done
 # The reports: all four arms (report.md), and item 1's three (item1/report.md: its equal-LM-steps
-# axis reaches 1,600, where pico0's 1,160 LM steps cut the four-arm one short).
+# axis reaches 1,600, where pico0's 1,160 LM steps cut the four-arm one short). The committed
+# reports were made from copies of the run folders under $R, since removed from the repository as
+# data: they name the runs by those paths.
 ner() {  # the NER files of arms $1 matching $2 (RUN = ARM-sSEED), '-' where a run has none
   local l=""; for a in $1; do for s in 1 2 3; do f=$R/ner/${2//RUN/$a-s$s}; [ -f $f ] && l="$l,$f" || l="$l,-"; done; done
   echo ${l#,}
 }
 report() {
-  local runs=""; for a in $1; do for s in 1 2 3; do runs="$runs $R/$a-s$s"; done; done
+  local runs=""; for a in $1; do for s in 1 2 3; do runs="$runs $S/$a-s$s"; done; done
   python compare.py $runs --targets 5.0,4.8,4.7,4.6 --ner head@600=$(ner "$1" nerhead_RUN_ckpt_step600.json) \
       --ner head@1200=$(ner "$1" nerhead_RUN_ckpt_step1200.json) --ner head@2400=$(ner "$1" nerhead_RUN_ckpt_step2400.json) \
       --ner full@2400=$(ner "$1" nerfull_RUN.json) --out $2
