@@ -74,6 +74,10 @@ def seed(r):
     return r["info"].get("config", {}).get("seed", str(r["dir"]))
 
 
+def task(r):
+    return r["info"].get("config", {}).get("task")
+
+
 def mean_sd(values):
     v = [x for x in values if x is not None]
     if not v:
@@ -118,9 +122,9 @@ def arm_figures(runs, targets, ner_sets):
     for t in targets:
         figs[f"steps to val loss {t}"] = {r["dir"]: (crossing(r["log"], t) or {}).get("step") for r in runs}
     # val episodes of different tasks are different tests: one figure per task, never compared across
-    for task in dict.fromkeys(r["info"].get("config", {}).get("task") for r in runs):
-        figs[f"val {task + ' ' if task else ''}episodes acc after the inner loop"] = {
-            r["dir"]: r["log"][-1].get("episode_acc_after") for r in runs if r["info"].get("config", {}).get("task") == task}
+    for t in dict.fromkeys(map(task, runs)):
+        figs[f"val {t + ' ' if t else ''}episodes acc after the inner loop"] = {
+            r["dir"]: r["log"][-1].get("episode_acc_after") for r in runs if task(r) == t}
     for name in sorted({n for r in runs for n in (r["log"][-1].get("eval_text") or {})}):
         for m in ("loss", "bpb"):
             figs[f"held-out {name} {m}"] = {r["dir"]: (r["log"][-1].get("eval_text") or {}).get(name, {}).get(m)

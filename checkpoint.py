@@ -148,7 +148,7 @@ def load_state(ckpt, model, head, inner, opt, meta_opt, a, out):
         opt.load_state_dict(ckpt["optimizer"])
         if meta_opt and ckpt.get("meta_optimizer"):
             meta_opt.load_state_dict(ckpt["meta_optimizer"])
-        for o in (opt, meta_opt) if meta_opt else (opt,):
+        for o in filter(None, (opt, meta_opt)):
             o.param_groups[0]["weight_decay"] = a.weight_decay  # a --weight-decay given again takes effect
     except (KeyError, ValueError, RuntimeError):
         saved = ckpt["config"]

@@ -162,8 +162,9 @@ def loop(run, a):
                disable=None if rank == 0 else True)
     for _ in bar:
         lr = lr_at(state["step"], a)
-        for g in [*run.opt.param_groups, *(run.meta_opt.param_groups if run.meta_opt else [])]:
-            g["lr"] = lr
+        for o in filter(None, (run.opt, run.meta_opt)):
+            for g in o.param_groups:
+                g["lr"] = lr
         t0 = time.perf_counter()
         coin = np.random.default_rng([a.seed, STREAM_COIN, state["step"]]).random()  # the same on every rank
         kind = "meta" if a.meta and coin < a.hybrid_ratio and state["step"] >= a.meta_start else "lm"

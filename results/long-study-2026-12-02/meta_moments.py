@@ -19,9 +19,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from model import ModelArgs, Transformer  # noqa: E402
 
-BETA2 = 0.95  # train.py's AdamW betas
-
-
 def slots(ck):
     """Parameter names in train.setup()'s order: decoder, episode head, step sizes; matrices first."""
     model = Transformer(ModelArgs(**ck["model_args"]))
@@ -32,7 +29,8 @@ def slots(ck):
 
 
 def corrected(opt, names):
-    return {names[k]: s["exp_avg_sq"].float() / (1 - BETA2 ** float(s["step"])) for k, s in opt["state"].items()}
+    beta2 = opt["param_groups"][0]["betas"][1]  # the run's own, as its checkpoint saved it
+    return {names[k]: s["exp_avg_sq"].float() / (1 - beta2 ** float(s["step"])) for k, s in opt["state"].items()}
 
 
 def main():
