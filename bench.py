@@ -30,7 +30,8 @@ import torch.nn.functional as F
 import config
 import meta as metalib
 import train
-from model import count_params, linear_cross_entropy
+from accounting import count_params
+from model import linear_cross_entropy
 
 
 def timed(fn, warmup, steps, device):

@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from model import flops_per_token
+from accounting import flops_per_token
 from tasks.common import accuracy, ce, to_device
 
 # ----------------------------------------------------------------------------- the algorithm

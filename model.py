@@ -3,9 +3,8 @@ A Llama-style decoder in one file: RMSNorm (pre-norm), rotary position embedding
 grouped-query attention, SwiGLU MLP, no biases, tied input/output embeddings.
 
 The presets are the pico-decoder shapes used by Africa et al. 2025 (arXiv 2508.02189):
-12 layers, 12 query heads, 4 key/value heads, SwiGLU hidden = 4 x d_model.
-
-    python model.py      # prints the parameter count of every preset (full cl100k vocabulary)
+12 layers, 12 query heads, 4 key/value heads, SwiGLU hidden = 4 x d_model. Their parameter
+and FLOP counts are in accounting.py.
 """
 import math
 from dataclasses import dataclass
@@ -339,53 +338,3 @@ def generate(model, idx, n, temperature=0.8, top_k=50, generator=None, vocab_siz
         nxt = torch.multinomial(logits.softmax(-1), 1, generator=generator)  # (B, 1)
         idx = torch.cat([idx, nxt], dim=1)
     return idx
-
-
-# ----------------------------------------------------------------------------- accounting
-
-def count_params(a: ModelArgs):
-    """Exact parameter counts from the arithmetic alone (no model is built)."""
-    hd = a.d_model // a.n_head
-    attn = a.d_model * hd * (2 * a.n_head + 2 * a.n_kv_head)  # q, o + k, v
-    mlp = 3 * a.d_model * a.hidden_dim
-    per_layer = attn + mlp + 2 * a.d_model  # + two RMSNorm weights
-    if a.tarp:  # U, V and S (or W_S) of the 7 matrices
-        r, d, dk, h = a.tarp_rank, a.d_model, a.n_kv_head * hd, a.hidden_dim
-        shapes = [(d, a.n_head * hd), (d, dk), (d, dk), (a.n_head * hd, d), (d, h), (d, h), (h, d)]
-        per_layer += sum((i + o) * r + (r * r * i if a.tarp == "dynamic" else r * r) for i, o in shapes)
-    if a.tams:  # each block's low-rank op, and the controller d -> 128 -> 3 per block (with biases)
-        per_layer += 2 * a.d_model * TAMS_RANK
-    embedding = a.vocab_size * a.d_model  # tied, so counted once
-    non_embedding = a.n_layer * per_layer + a.d_model  # + final norm
-    if a.tams:
-        non_embedding += (a.d_model + 1) * 128 + 129 * 3 * a.n_layer
-    return embedding + non_embedding, non_embedding
-
-
-def flops_per_token(a: ModelArgs, T, backward=True, lm_head=True):
-    """Matmul FLOPs per token for a sequence of length T (the PaLM / nanoGPT estimate):
-    2 FLOPs per parameter per token forward (x3 with backward), plus attention scores
-    and weighted sums (2 * 2 * n_layer * d_model * T forward, causal masking ignored)."""
-    total, non_emb = count_params(a)
-    n = non_emb + (a.vocab_size * a.d_model if lm_head else 0)  # the lookup itself is free
-    fwd = 2 * n + 4 * a.n_layer * a.d_model * T
-    return 3 * fwd if backward else fwd
-
-
-PEAK_FLOPS = {  # dense bf16 tensor-core peaks, FLOP/s
-    "H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12, "4090": 165e12,
-}
-
-
-def peak_flops(device):
-    """Peak bf16 FLOP/s of the current CUDA device, or None when unknown (then no MFU)."""
-    if device != "cuda" or not torch.cuda.is_available():
-        return None
-    name = torch.cuda.get_device_name()
-    return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
-
-
-if __name__ == "__main__":
-    for name in PRESETS:
-        total, non_emb = count_params(preset(name))
-        print(f"{name:>5}  total {total:>13,}  non-embedding {non_emb:>13,}")

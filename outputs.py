@@ -13,7 +13,7 @@ import checkpoint
 import config
 import dynamics
 import heldout
-from model import count_params
+from accounting import count_params
 
 
 def describe(run, a):

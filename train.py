@@ -43,7 +43,8 @@ import outputs
 import tasks
 from config import UserError
 from data import STREAM_COIN, STREAM_LM, STREAM_PROBE, STREAM_VAL, VAL_SEED
-from model import Transformer, flops_per_token, peak_flops, preset
+from accounting import flops_per_token, peak_flops
+from model import Transformer, preset
 from tasks.common import host_to, use_compile
 
 

@@ -12,7 +12,8 @@ from torch.func import functional_call
 import meta
 from config import UserError
 from conftest import run_train
-from model import TARPLinear, Transformer, count_params, preset
+from accounting import count_params
+from model import TARPLinear, Transformer, preset
 from tasks.common import to_device
 from test_meta import episode_fns, setup
 

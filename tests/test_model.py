@@ -7,8 +7,10 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
+import accounting
 import model
-from model import ModelArgs, Transformer, count_params, preset
+from accounting import count_params
+from model import ModelArgs, Transformer, preset
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,8 +40,8 @@ def test_built_model_has_the_counted_parameters():
     assert m.lm_head.weight is m.tok_emb.weight  # tied embeddings
 
 
-def test_model_py_prints_one_line_per_preset(capsys):
-    runpy.run_path(str(ROOT / "model.py"), run_name="__main__")  # python model.py, without a new interpreter
+def test_accounting_py_prints_one_line_per_preset(capsys):
+    runpy.run_path(str(ROOT / "accounting.py"), run_name="__main__")  # python accounting.py, without a new interpreter
     out = capsys.readouterr().out
     lines = out.strip().splitlines()
     assert len(lines) == 4
@@ -126,11 +128,11 @@ def test_loss_at_init_is_near_uniform():
 def test_flops_per_token_counts_backward_as_twice_forward():
     a = preset("11m", vocab_size=8192)
     total, non_emb = count_params(a)
-    fwd = model.flops_per_token(a, 256, backward=False)
+    fwd = accounting.flops_per_token(a, 256, backward=False)
     assert fwd == 2 * total + 4 * 12 * 96 * 256
-    assert model.flops_per_token(a, 256) == 3 * fwd
-    assert model.flops_per_token(a, 256, backward=False, lm_head=False) == 2 * non_emb + 4 * 12 * 96 * 256
-    assert model.peak_flops("cpu") is None
+    assert accounting.flops_per_token(a, 256) == 3 * fwd
+    assert accounting.flops_per_token(a, 256, backward=False, lm_head=False) == 2 * non_emb + 4 * 12 * 96 * 256
+    assert accounting.peak_flops("cpu") is None
 
 
 def test_rope_preserves_norms_and_is_relative():
