@@ -25,8 +25,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-import config
-from config import UserError
+from plumbing.errors import UserError
 
 TINYSTORIES = [  # the GPT-4 generated V2 split from the dataset's public page
     "https://huggingface.co/datasets/roneneldan/TinyStories/resolve/main/TinyStoriesV2-GPT4-train.txt",
@@ -37,6 +36,9 @@ TINYSTORIES = [  # the GPT-4 generated V2 split from the dataset's public page
 # make the val split (about 15k tokens; 1% would leave the SMLMT index few word types).
 EMBEDDED = Path(__file__).resolve().parent / "corpus" / "tinyshakespeare.txt.gz"
 EMBEDDED_VAL_FRACTION = 0.05
+# the CPU recipe (plumbing/config.py) trains on the embedded corpus with its 8,192 most frequent ids
+CPU_VOCAB = 8192
+DEFAULT_DATA_DIR = {"paper": "data/tinystories", "cpu": f"data/tinyshakespeare{CPU_VOCAB // 1024}k"}
 CACHE_DIR = Path(os.environ.get("METALM_CACHE", Path.home() / ".cache" / "metalm"))
 EOT_TEXT = "<|endoftext|>"
 N_RESERVED = 3  # trimmed vocabularies: 0 = end-of-text, 1 = unknown, 2 = mask (SMLMT)
@@ -205,16 +207,39 @@ def open_text(path):
     return (gzip.open if path.name.endswith(".gz") else open)(path, "rt", encoding="utf-8")
 
 
+def not_utf8(path):
+    """The UserError for a file that is not UTF-8, naming the first bad byte (found by decoding
+    the whole file again: the decoder's own offset counts from its last buffer)."""
+    raw = (gzip.open if path.name.endswith(".gz") else open)(path, "rb").read()
+    try:
+        raw.decode("utf-8")
+        where = ""
+    except UnicodeDecodeError as e:
+        where = f" at byte {e.start:,} ({raw[e.start:e.start + 4]!r})"
+    return UserError(f"{path} is not UTF-8 text{where}; re-encode it first, e.g. for Latin-1: iconv -f latin1 -t utf-8 "
+                     f"FILE > FILE.utf8.txt (gunzip a .gz first), then give the new file")
+
+
 def txt_separator(path):
     """How a .txt file separates its documents: "eot" when it has a line that is exactly
     <|endoftext|>, else "blank" (blank lines: paragraphs, speeches, stories)."""
-    with open_text(path) as f:
-        return "eot" if any(line.rstrip("\r\n") == EOT_TEXT for line in f) else "blank"
+    try:
+        with open_text(path) as f:
+            return "eot" if any(line.rstrip("\r\n") == EOT_TEXT for line in f) else "blank"
+    except UnicodeDecodeError:
+        raise not_utf8(path) from None
 
 
 def read_documents(path, text_field="text", sep="eot"):
     """Yield the documents of one file. A .txt (or .txt.gz) file is split at <|endoftext|> lines
     (sep "eot") or at runs of blank lines (sep "blank")."""
+    try:
+        yield from _read_documents(path, text_field, sep)
+    except UnicodeDecodeError:
+        raise not_utf8(path) from None
+
+
+def _read_documents(path, text_field, sep):
     if path.name.endswith((".txt", ".txt.gz")):
         doc = []
         with open_text(path) as f:
@@ -355,7 +380,7 @@ def default_data(a):
     """The data dir a run without --data-dir trains on, prepared on first use: TinyStories on
     the paper's recipe; the embedded corpus under the CPU recipe, or when TinyStories cannot
     be downloaded."""
-    embedded = config.DEFAULT_DATA_DIR["cpu"] if a.recipe == "cpu" else "data/tinyshakespeare"  # full vocabulary
+    embedded = DEFAULT_DATA_DIR["cpu"] if a.recipe == "cpu" else "data/tinyshakespeare"  # full vocabulary
     if a.recipe == "paper" and not (Path(a.data_dir) / "meta.json").exists():
         print(f"no --data-dir given and {a.data_dir} is empty: preparing TinyStories there (a download of ~2 GB)")
         try:
@@ -366,7 +391,7 @@ def default_data(a):
     elif a.recipe == "paper":
         return a.data_dir
     if not (Path(embedded) / "meta.json").exists():
-        prepare([str(EMBEDDED)], embedded, config.CPU_VOCAB if a.recipe == "cpu" else None, EMBEDDED_VAL_FRACTION)
+        prepare([str(EMBEDDED)], embedded, CPU_VOCAB if a.recipe == "cpu" else None, EMBEDDED_VAL_FRACTION)
     print(f"corpus: the embedded TinyShakespeare (corpus/README.md), prepared in {embedded}. To train on TinyStories "
           "or your own data: python data.py --source SRC --out-dir DIR, then --data-dir DIR")
     return embedded
@@ -375,7 +400,7 @@ def default_data(a):
 def load(a, ckpt=None):
     """(data dir, meta, train tokens, val tokens) of --data-dir, or of the default corpus,
     checked against the checkpoint being resumed."""
-    if a.data_dir in config.DEFAULT_DATA_DIR.values() and "data_dir" not in a.given and not ckpt:
+    if a.data_dir in DEFAULT_DATA_DIR.values() and "data_dir" not in a.given and not ckpt:
         a = argparse.Namespace(**{**vars(a), "data_dir": default_data(a)})
     if Path(a.data_dir).is_file():
         name = Path(a.data_dir).name.split(".")[0]

@@ -27,11 +27,11 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-import checkpoint
-import config
+from plumbing import checkpoint
+from plumbing import config
 import data as datalib
-from config import UserError
-from uner import LABELS, batches, download_uner, encode_set, find_datasets, read_iob2, score
+from plumbing.errors import UserError
+from plumbing.uner import LABELS, batches, download_uner, encode_set, find_datasets, read_iob2, score
 
 
 # ----------------------------------------------------------------------------- probe
@@ -82,7 +82,7 @@ def probe(model, train_items, dev_items, a, pad_id, device, head_lr, feats=None)
         train_feats, dev_feats = feats
     train_labels = [torch.tensor(x["labels"], device=device) for x in train_items]
     opt = torch.optim.AdamW(groups, weight_decay=0.01)
-    best, best_state = -1.0, copy.deepcopy((head.state_dict(), None))  # with --epochs 0: the untrained head
+    best, best_state = -1.0, copy.deepcopy((head.state_dict(), None))
     for epoch in range(a.epochs):
         order = torch.randperm(len(train_items), generator=g).tolist()
         losses = []
@@ -179,6 +179,11 @@ def parse(argv=None):
             raise ValueError
     except ValueError:
         p.error(f"--head-lr {a.head_lr!r}: give positive numbers, comma-separated (e.g. 1e-3,3e-3)")
+    for k in ("epochs", "batch_size", "max_len"):  # --epochs 0 would score the untrained head as a result
+        if getattr(a, k) < 1:
+            raise UserError(f"--{k.replace('_', '-')} {getattr(a, k)}: must be at least 1")
+    if a.lr <= 0:
+        raise UserError(f"--lr {a.lr:g}: must be > 0")
     return a
 
 

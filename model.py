@@ -4,7 +4,9 @@ grouped-query attention, SwiGLU MLP, no biases, tied input/output embeddings.
 
 The presets are the pico-decoder shapes used by Africa et al. 2025 (arXiv 2508.02189):
 12 layers, 12 query heads, 4 key/value heads, SwiGLU hidden = 4 x d_model. Their parameter
-and FLOP counts are in accounting.py.
+and FLOP counts are in plumbing/accounting.py. Variants that change the model (TARP's shifted
+matrices, TAMS's choice of ops) do so from their own files in learners/; the loss's chunked
+implementation lives in plumbing/linear_ce.py.
 """
 import math
 from dataclasses import dataclass
@@ -13,8 +15,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from plumbing.linear_ce import linear_cross_entropy
+
 CL100K_VOCAB = 100_277  # cl100k_base, special tokens included
-TAMS_RANK = 16  # the rank of TAMS's low-rank candidate op
 
 
 def pad_vocab(n, multiple=128):
@@ -35,9 +38,6 @@ class ModelArgs:
     block_size: int = 2048  # longest sequence the rotary tables cover
     rope_theta: float = 10000.0
     norm_eps: float = 1e-6
-    tarp: str = ""  # "", "static" or "dynamic": every block matrix is a TARPLinear (meta.py, --tarp)
-    tarp_rank: int = 0
-    tams: bool = False  # a choice of op on each block's MLP path, made per episode by a controller (--tams)
 
 
 PRESETS = {  # name -> d_model; everything else is shared
@@ -48,42 +48,11 @@ PRESETS = {  # name -> d_model; everything else is shared
 }
 
 
-def preset(size, vocab_size=pad_vocab(CL100K_VOCAB), block_size=2048, tarp="", tarp_rank=0, tams=False):
+def preset(size, vocab_size=pad_vocab(CL100K_VOCAB), block_size=2048):
     if size not in PRESETS:
         raise ValueError(f"--size {size!r} is not a preset; choose one of {', '.join(PRESETS)}")
     d = PRESETS[size]
-    return ModelArgs(vocab_size=pad_vocab(vocab_size), d_model=d, hidden_dim=4 * d, block_size=block_size, tarp=tarp,
-                     tarp_rank=tarp_rank, tams=tams)
-
-
-class TARPLinear(nn.Linear):
-    """A block matrix with a task-adaptive shift (TARP, Hou et al. 2022, "Meta-Learning the
-    Difference"): y = W0 x + V S U^T x, with U (d_in, r), V (d_out, r) and S an r x r matrix,
-    learned (static) or made from the token itself by a bias-free map (dynamic: S(x) =
-    reshape(W_S x, r, r), as in the authors' code). S (or W_S) starts at zero, so the layer
-    starts as W0 exactly. The inner loop adapts U, V and S / W_S; the outer loop learns them
-    and W0. (Their scaled form, W = Phi1 * W0 + Phi2, is not built: the main runs use the
-    additive shift only.)"""
-
-    def __init__(self, d_in, d_out, rank, kind):
-        super().__init__(d_in, d_out, bias=False)
-        self.rank, self.dynamic = rank, kind == "dynamic"
-        self.tarp_u = nn.Parameter(torch.zeros(d_in, rank))  # random directions, drawn in Transformer.__init__
-        self.tarp_v = nn.Parameter(torch.zeros(d_out, rank))
-        self.tarp_s = nn.Parameter(torch.zeros(rank * rank if self.dynamic else rank, d_in if self.dynamic else rank))
-
-    def forward(self, x):
-        h = x @ self.tarp_u  # (..., r)
-        if self.dynamic:
-            s = (x @ self.tarp_s.T).unflatten(-1, (self.rank, self.rank))  # (..., r, r): one S per token
-            h = (s @ h.unsqueeze(-1)).squeeze(-1)  # (..., r)
-        else:
-            h = h @ self.tarp_s.T  # (..., r)
-        return super().forward(x) + h @ self.tarp_v.T  # (..., d_out)
-
-
-def linear(d_in, d_out, a: ModelArgs):
-    return TARPLinear(d_in, d_out, a.tarp_rank, a.tarp) if a.tarp else nn.Linear(d_in, d_out, bias=False)
+    return ModelArgs(vocab_size=pad_vocab(vocab_size), d_model=d, hidden_dim=4 * d, block_size=block_size)
 
 
 class RMSNorm(nn.Module):
@@ -119,10 +88,10 @@ class Attention(nn.Module):
         super().__init__()
         self.n_head, self.n_kv_head = a.n_head, a.n_kv_head
         self.head_dim = a.d_model // a.n_head
-        self.q = linear(a.d_model, a.n_head * self.head_dim, a)
-        self.k = linear(a.d_model, a.n_kv_head * self.head_dim, a)
-        self.v = linear(a.d_model, a.n_kv_head * self.head_dim, a)
-        self.o = linear(a.n_head * self.head_dim, a.d_model, a)
+        self.q = nn.Linear(a.d_model, a.n_head * self.head_dim, bias=False)
+        self.k = nn.Linear(a.d_model, a.n_kv_head * self.head_dim, bias=False)
+        self.v = nn.Linear(a.d_model, a.n_kv_head * self.head_dim, bias=False)
+        self.o = nn.Linear(a.n_head * self.head_dim, a.d_model, bias=False)
 
     def forward(self, x, cos, sin, explicit=False):
         B, T, _ = x.shape
@@ -158,9 +127,9 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, a: ModelArgs):
         super().__init__()
-        self.w1 = linear(a.d_model, a.hidden_dim, a)  # gate
-        self.w3 = linear(a.d_model, a.hidden_dim, a)  # up
-        self.w2 = linear(a.hidden_dim, a.d_model, a)  # down
+        self.w1 = nn.Linear(a.d_model, a.hidden_dim, bias=False)  # gate
+        self.w3 = nn.Linear(a.d_model, a.hidden_dim, bias=False)  # up
+        self.w2 = nn.Linear(a.hidden_dim, a.d_model, bias=False)  # down
 
     def forward(self, x):
         return self.w2(F.silu(self.w1(x)) * self.w3(x))
@@ -174,15 +143,10 @@ class Block(nn.Module):
         self.mlp_norm = RMSNorm(a.d_model, a.norm_eps)
         self.mlp = MLP(a)
 
-    def forward(self, x, cos, sin, explicit=False, arch=None):
+    def forward(self, x, cos, sin, explicit=False):
         h, probs = self.attn(self.attn_norm(x), cos, sin, explicit)
         x = x + h
-        if arch is None:
-            return x + self.mlp(self.mlp_norm(x)), probs
-        # TAMS: arch (3,) is a one-hot over {this SwiGLU, skip, a low-rank linear}, with a
-        # straight-through gradient; skip adds nothing. Every op runs, so each gets a gradient
-        m = self.mlp_norm(x)
-        return x + arch[0] * self.mlp(m) + arch[2] * self.lowrank(m), probs
+        return x + self.mlp(self.mlp_norm(x)), probs
 
 
 class Transformer(nn.Module):
@@ -204,39 +168,13 @@ class Transformer(nn.Module):
             if name.endswith(("attn.o.weight", "mlp.w2.weight")):
                 # residual projections: scale down so the residual stream does not grow with depth
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * a.n_layer))
-        for name, p in self.named_parameters():  # after the rest, so W0 is the plain model's at the same seed
-            if name.endswith(("tarp_u", "tarp_v")):  # unit-scale random directions; the shift starts at 0 via S
-                nn.init.normal_(p, mean=0.0, std=1.0 / math.sqrt(p.shape[0]))
-        if a.tams:  # made last, so that the rest is the plain model's init at the same seed
-            for layer in self.layers:  # the candidate low-rank op, initialised as a residual projection is
-                layer.lowrank = nn.Sequential(nn.Linear(a.d_model, TAMS_RANK, bias=False),
-                                              nn.Linear(TAMS_RANK, a.d_model, bias=False))
-                nn.init.normal_(layer.lowrank[0].weight, std=0.02)
-                # not zero: an op whose output is 0 gives its logit no straight-through gradient, and
-                # the controller never learns to prefer it (measured: results/README.md, 2026-12-02)
-                nn.init.normal_(layer.lowrank[1].weight, std=0.02 / math.sqrt(2 * a.n_layer))
-            self.controller = nn.Sequential(nn.Linear(a.d_model, 128), nn.ReLU(), nn.Linear(128, 3 * a.n_layer))
-            nn.init.zeros_(self.controller[2].weight)  # every block starts on its own SwiGLU (logit +1)
-            with torch.no_grad():
-                self.controller[2].bias.copy_(torch.tensor([1.0, 0.0, 0.0]).repeat(a.n_layer))
 
     @staticmethod
     def _init_weights(m):
         if isinstance(m, (nn.Linear, nn.Embedding)):
             nn.init.normal_(m.weight, mean=0.0, std=0.02)
 
-    def choose(self, idx):
-        """TAMS (Hou et al. 2022): the task embedding z, the mean token embedding of idx (the
-        support set), through the controller gives each block's op logits; the forward pass uses
-        the argmax, and the gradient reaches the controller through the softmax
-        (straight-through). Returns (n_layer, 3). z is detached: the search steers the
-        controller, not the embeddings."""
-        z = self.tok_emb(idx).mean((0, 1)).detach()  # (d,)
-        soft = self.controller(z).view(self.args.n_layer, 3).softmax(-1)  # (L, 3)
-        hard = torch.zeros_like(soft).scatter_(-1, soft.argmax(-1, keepdim=True), 1.0)  # one-hot; F.one_hot checks values on the host
-        return (hard - soft).detach() + soft
-
-    def forward(self, idx, targets=None, hidden=False, trace=None, arch=None):
+    def forward(self, idx, targets=None, hidden=False, trace=None):
         """idx (B, T) token ids. Returns the mean next-token loss when targets (B, T) are given,
         else the logits (B, T, V); or the final hidden states (B, T, d), after the final norm,
         when hidden=True. The same answer on every device: how the loss is computed is the
@@ -250,8 +188,8 @@ class Transformer(nn.Module):
         if explicit:
             trace["act"], trace["attn"] = [], []
         x = self.tok_emb(idx)  # (B, T, d)
-        for i, layer in enumerate(self.layers):
-            x, probs = layer(x, cos, sin, explicit, None if arch is None else arch[i])
+        for layer in self.layers:
+            x, probs = layer(x, cos, sin, explicit)
             if explicit:
                 trace["act"].append(x)
                 trace["attn"].append(probs)
@@ -267,61 +205,6 @@ class Transformer(nn.Module):
         without the (N, V) logits ever existing at once (linear_cross_entropy): at the paper's
         batch of 256 x 512 and cl100k's 100,352 ids they would be 13G floats."""
         return linear_cross_entropy(x, self.lm_head.weight, y)
-
-
-class LinearCrossEntropy(torch.autograd.Function):
-    """Mean cross-entropy of the logits x @ w.T against y (rows with y = -1 ignored), without
-    the (N, V) logits ever existing at once. Rows go through in chunks whose logits fit in a
-    CPU's cache, and each chunk's gradient d loss / d logits = softmax - one_hot is formed in
-    place on the spot and multiplied into the gradients of x and w; backward only scales what
-    forward stored. One allocation per chunk and about 5 passes over it, where log-softmax and
-    its backward make about 10 passes over the whole (N, V). Under autocast the three matmuls
-    run in the autocast dtype, the softmax in float32. No step reads a value back to the host:
-    the chunk count comes from shapes, so a GPU never waits on it."""
-
-    @staticmethod
-    def forward(ctx, x, w, y, rows, grads):
-        gx, gw = (torch.empty_like(x), torch.zeros_like(w)) if grads else (None, None)
-        keep = (y != -1).float()  # (N,)
-        n = keep.sum().clamp(min=1)
-        y = y.clamp(min=0)
-        loss = torch.zeros((), device=x.device)
-        for i in range(0, len(x), rows):
-            xc, yc, kc = x[i:i + rows], y[i:i + rows, None], keep[i:i + rows, None]  # (r, d), (r, 1), (r, 1)
-            p = (xc @ w.t()).float()  # (r, V) logits
-            m = p.amax(-1, keepdim=True)  # (r, 1)
-            target = p.gather(1, yc)  # (r, 1)
-            total = p.sub_(m).exp_().sum(-1, keepdim=True)  # (r, 1); p now holds exp(logits - max)
-            loss += ((total.log() + m - target) * kc).sum()  # -log softmax at the target
-            if grads:
-                p.div_(total).scatter_add_(1, yc, -torch.ones_like(target)).mul_(kc)  # softmax - one_hot
-                gx[i:i + rows] = p @ w  # (r, d)
-                gw += p.t() @ xc  # (V, d)
-        if grads:
-            ctx.save_for_backward(gx / n, gw / n)
-        return loss / n
-
-    @staticmethod
-    def backward(ctx, g):
-        gx, gw = ctx.saved_tensors
-        return gx * g, gw * g, None, None, None
-
-
-CHUNK_FLOATS = {"cpu": 2**21, "cuda": 2**26}  # logits per chunk: 8 MB fits a CPU's cache; 256 MB keeps a GPU busy
-
-
-def linear_cross_entropy(x, w, y, chunk_floats=None, min_rows=128):
-    """F.cross_entropy(x @ w.T, y, ignore_index=-1), its gradients taken during the forward
-    pass when autograd will want them (training always does: one pass and three matmuls per
-    chunk, where recomputing the logits in backward would take a fourth). Chunks of
-    CHUNK_FLOATS[device] logits, but never fewer than 128 rows: thinner products run the
-    matmuls badly (on a CPU at cl100k's vocabulary, 2,048 rows took 2.8 s in chunks of 20,
-    1.3 s in chunks of 128, and 2.2 s through F.cross_entropy). On a GPU a chunk is 668 rows at
-    cl100k, 67M logits (bench.py --cross-entropy times the others); the full logits of a
-    256 x 512 batch would take 53 GB in float32."""
-    chunk_floats = chunk_floats or CHUNK_FLOATS.get(x.device.type, CHUNK_FLOATS["cuda"])
-    grads = torch.is_grad_enabled() and (x.requires_grad or w.requires_grad)
-    return LinearCrossEntropy.apply(x, w, y, max(min_rows, chunk_floats // w.shape[0]), grads)
 
 
 @torch.no_grad()

@@ -1,7 +1,7 @@
 r"""
 Pretrain a Llama-style decoder with next-token prediction, optionally mixed with first-order
 MAML episodes (--meta), on one GPU or CPU, or on several under torchrun (DDP). No Trainer
-class: the loop is train() below, one screen, top to bottom.
+class: the loop is loop() below, one screen, top to bottom.
 
     python train.py --meta --size 11m    # the main job: on a GPU the paper's shapes on TinyStories; on a
                                          # CPU the CPU recipe (--recipe) on the embedded corpus, minutes
@@ -22,10 +22,9 @@ import json
 import math
 import shlex
 import sys
-import time
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -33,19 +32,16 @@ import torch.distributed as dist
 import torch.nn as nn
 from tqdm import tqdm
 
-import checkpoint
-import config
 import data as datalib
-import ddp
-import heldout
+import learners
 import meta
-import outputs
 import tasks
-from config import UserError
 from data import STREAM_COIN, STREAM_LM, STREAM_PROBE, STREAM_VAL, VAL_SEED
-from accounting import flops_per_token, peak_flops
 from model import Transformer, preset
-from tasks.common import host_to, use_compile
+from plumbing import checkpoint, config, ddp, heldout, outputs
+from plumbing.accounting import count_model, flops_per_token
+from plumbing.errors import UserError
+from tasks.base import host_to, use_compile
 
 
 def get_batch(tokens, B, T, seed, stream, pos, device, micro=0, n_micro=1):
@@ -68,22 +64,53 @@ def lr_at(step, a):
     return a.lr * (a.min_lr_frac + (1 - a.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * t)))
 
 
+@dataclass
+class Run:
+    """Everything the loop uses, built once by setup()."""
+    a: argparse.Namespace
+    rank: int
+    world: int
+    device: str
+    dtype: str
+    ctx: object  # autocast, or nullcontext
+    out: Path
+    data: tuple  # (data meta, train tokens, val tokens, tokenizer)
+    task: object  # tasks.base.Task, or None: a run with no meta step and no val episode
+    learner: meta.Learner
+    model: Transformer
+    lm_model: nn.Module  # the model, or its compiled form, for LM steps and the val loss
+    head: nn.Module  # the episode head (task.make_head)
+    inner: nn.ParameterDict  # tensors the learner meta-learns besides the model (Meta-SGD's step sizes)
+    net: nn.Module  # Objective, wrapped in DDP when world > 1
+    opt: torch.optim.Optimizer
+    meta_opt: object  # a second AdamW for meta steps (--meta-moments separate), or None
+    state: dict  # step, lm_pos, meta_pos, tokens, flops, elapsed_s: what the checkpoint keeps
+    flops: dict  # FLOPs of one LM and one meta step
+    saved_step: object = None  # the step of the checkpoint on disk
+    dyn_every: int = 0  # steps between dynamics measurements (0: none), the same on every rank
+    dyn: object = None  # dynamics.Recorder on rank 0, or None
+    texts: dict = field(default_factory=dict)  # --eval-text files
+    clock: object = None  # outputs.Clock
+    win: dict = field(default_factory=lambda: {k: [] for k in ("lm_ms", "meta_ms", "lm_loss", "meta_loss",
+                                                               "support_acc", "query_acc")})
+
+
 # ----------------------------------------------------------------------------- one optimiser step
 
 class Objective(nn.Module):
-    """The decoder, the episode head and the learned inner step sizes as one module whose forward
-    is a whole step's loss: what DDP wraps, so that one backward all-reduces every gradient,
-    the meta-gradient included. A meta step's inner loop (torch.autograd.grad) runs inside
-    forward, before DDP listens for gradients, so it all-reduces nothing."""
+    """The decoder, the episode head and the learner's own tensors as one module whose forward is
+    a whole step's loss: what DDP wraps, so that one backward all-reduces every gradient, the
+    meta-gradient included. A meta step's inner loop (torch.autograd.grad) runs inside forward,
+    before DDP listens for gradients, so it all-reduces nothing."""
 
-    def __init__(self, model, lm_model, head, inner, task, a):
+    def __init__(self, model, lm_model, head, inner, task, learner):
         super().__init__()
-        self.model, self.lm_model, self.head, self.inner, self.task, self.a = model, lm_model, head, inner, task, a
+        self.model, self.lm_model, self.head, self.inner, self.task, self.learner = model, lm_model, head, inner, task, learner
 
     def forward(self, kind, batch):
         if kind == "lm":
             return self.lm_model(*batch), {}  # next-token loss
-        return meta.meta_loss(self.model, self.head, self.task, batch, self.a, self.inner)
+        return meta.meta_loss(self.model, self.head, self.task, batch, self.learner)
 
 
 def step_grads(run, a, kind, pos):
@@ -99,7 +126,7 @@ def step_grads(run, a, kind, pos):
             batch = run.task.train_episode(pos * n + j, run.device)
             tokens += batch["tokens"]
         else:
-            batch = get_batch(run.train_tok, a.batch_size, a.block_size, a.seed, STREAM_LM, pos, run.device, j, n)
+            batch = get_batch(run.data[1], a.batch_size, a.block_size, a.seed, STREAM_LM, pos, run.device, j, n)
             tokens += a.batch_size * a.block_size
         sync = run.world == 1 or i == a.grad_accum - 1  # all-reduce once, after the last micro-batch
         with nullcontext() if sync else run.net.no_sync():
@@ -119,7 +146,8 @@ def train_step(run, a, kind, pos):
     clipping, AdamW. Returns tensors, so that the GPU's queue never drains inside a step;
     loop() checks the loss for NaN where it prints it."""
     loss, stats, tokens = step_grads(run, a, kind, pos)
-    gnorm = torch.nn.utils.clip_grad_norm_(run.params, a.grad_clip if a.grad_clip > 0 else float("inf"))
+    params = [*run.model.parameters(), *run.head.parameters(), *run.inner.parameters()]
+    gnorm = torch.nn.utils.clip_grad_norm_(params, a.grad_clip if a.grad_clip > 0 else float("inf"))
     opt = run.meta_opt if kind == "meta" and run.meta_opt else run.opt
     opt.step()
     opt.zero_grad(set_to_none=True)
@@ -133,18 +161,49 @@ def diverged(run, what, value, step):
 
 # ----------------------------------------------------------------------------- the loop
 
-class Interrupted(Exception):
-    """Ctrl-C during training; the message says what was saved and how to continue."""
+def loop(run, a):
+    """The step loop: set the lr, draw the coin, take an LM or a meta step, log, evaluate."""
+    state = run.state
+    bar = tqdm(range(state["step"], a.max_steps), initial=state["step"], total=a.max_steps, desc="train",
+               disable=None if run.rank == 0 else True)
+    for _ in bar:
+        lr = lr_at(state["step"], a)
+        for o in filter(None, (run.opt, run.meta_opt)):
+            for g in o.param_groups:
+                g["lr"] = lr
+        coin = np.random.default_rng([a.seed, STREAM_COIN, state["step"]]).random()  # the same on every rank
+        kind = "meta" if a.meta and coin < a.hybrid_ratio and state["step"] >= a.meta_start else "lm"
+        run.clock.start_step()
+        loss, stats, tokens, gnorm = train_step(run, a, kind, state[f"{kind}_pos"])
+        dt = run.clock.end_step(state)
+        state[f"{kind}_pos"] += 1
+        state["tokens"] += tokens
+        state["flops"] += run.flops[kind]
+        state["step"] += 1
+        run.win[f"{kind}_ms"].append(1000 * dt)
+        run.win[f"{kind}_loss"].append(loss)
+        for k in ("support_acc", "query_acc"):  # lm episodes have no classes
+            if stats.get(k) is not None:
+                run.win[k].append(stats[k])
+        if state["step"] % a.log_every == 0 or state["step"] == a.max_steps:  # the one host sync of a log interval
+            if not math.isfinite(loss := loss.item()):  # the checkpoint on disk is the last good eval's
+                diverged(run, f"{kind} loss", loss, state["step"])
+            tqdm.write(outputs.step_line(run, kind, loss, lr, gnorm, dt))
+            bar.set_postfix(loss=f"{loss:.3f}", kind=kind)
+        measure = run.dyn_every and state["step"] % run.dyn_every == 0
+        ev = state["step"] % a.eval_every == 0 or state["step"] == a.max_steps or (
+            a.save_every and state["step"] % a.save_every == 0)
+        if measure or ev:  # the other ranks wait, and leave with rank 0's error if it has one
+            ddp.agree(lambda: rank0_work(run, a, measure, ev), run.rank, run.world, "rank0")
+    bar.close()
 
 
 def train(a, rank, world, device, dtype, ctx):
     run = setup(a, rank, world, device, dtype, ctx)
     a, state = run.a, run.state
-    t0 = time.perf_counter()
-    if not a.resume:
-        ddp.agree(lambda: rank0_work(run, a, True, True), rank, world, "rank0")
-    run.clock = {"start": time.perf_counter(), "first": state["step"],
-                 "eval_s": None if a.resume else time.perf_counter() - t0}  # a resumed run has not timed an eval
+    run.clock = outputs.Clock(run, a)
+    if not a.resume:  # the initial model's eval, which also times an eval for the estimate
+        run.clock.time_eval(lambda: ddp.agree(lambda: rank0_work(run, a, True, True), rank, world, "rank0"))
     try:
         loop(run, a)
     except KeyboardInterrupt:
@@ -156,56 +215,8 @@ def train(a, rank, world, device, dtype, ctx):
           f"{state['flops']:.3g} FLOPs, {state['elapsed_s']:.1f} s; log in {run.out / 'log.jsonl'}")
 
 
-def loop(run, a):
-    """The step loop: set the lr, draw the coin, take an LM or a meta step, log, evaluate."""
-    state, rank, world = run.state, run.rank, run.world
-    bar = tqdm(range(state["step"], a.max_steps), initial=state["step"], total=a.max_steps, desc="train",
-               disable=None if rank == 0 else True)
-    for _ in bar:
-        lr = lr_at(state["step"], a)
-        for o in filter(None, (run.opt, run.meta_opt)):
-            for g in o.param_groups:
-                g["lr"] = lr
-        t0 = time.perf_counter()
-        coin = np.random.default_rng([a.seed, STREAM_COIN, state["step"]]).random()  # the same on every rank
-        kind = "meta" if a.meta and coin < a.hybrid_ratio and state["step"] >= a.meta_start else "lm"
-        loss, stats, tokens, gnorm = train_step(run, a, kind, state[f"{kind}_pos"])
-        dt = time.perf_counter() - t0
-        state[f"{kind}_pos"] += 1
-        state["tokens"] += tokens
-        state["flops"] += meta.step_flops(a, run.margs) * run.n_micro if kind == "meta" else run.lm_flops
-        state["step"] += 1
-        state["elapsed_s"] += dt
-        run.win[f"{kind}_ms"].append(1000 * dt)
-        run.win[f"{kind}_loss"].append(loss)
-        for k in ("support_acc", "query_acc"):  # lm episodes have no classes
-            if stats.get(k) is not None:
-                run.win[k].append(stats[k])
-        if state["step"] == run.clock["first"] + 1:  # the first step pays one-time costs: time those after it
-            run.clock["t1"] = time.perf_counter()
-        if state["step"] == run.clock["first"] + 1 + min(5, a.max_steps - run.clock["first"] - 1) > run.clock["first"] + 1:
-            tqdm.write(outputs.estimate(run, a))
-        if state["step"] % a.log_every == 0 or state["step"] == a.max_steps:  # the one host sync of a log interval
-            if not math.isfinite(loss := loss.item()):  # the checkpoint on disk is the last good eval's
-                diverged(run, f"{kind} loss", loss, state["step"])
-            tqdm.write(step_line(run, kind, loss, lr, gnorm, dt))
-            bar.set_postfix(loss=f"{loss:.3f}", kind=kind)
-        measure = run.dyn_every and state["step"] % run.dyn_every == 0
-        ev = state["step"] % a.eval_every == 0 or state["step"] == a.max_steps or (
-            a.save_every and state["step"] % a.save_every == 0)
-        if measure or ev:  # the other ranks wait, and leave with rank 0's error if it has one
-            ddp.agree(lambda: rank0_work(run, a, measure, ev), rank, world, "rank0")
-    bar.close()
-
-
-def step_line(run, kind, loss, lr, gnorm, dt):
-    msg = f"step {run.state['step']:>6} {kind:>4} loss {loss:.4f} lr {lr:.2e} |g| {gnorm:.2f} {1000 * dt:7.1f} ms/step"
-    if kind == "lm":
-        msg += f" {run.lm_tokens / dt:9,.0f} tok/s"
-        if run.peak:
-            msg += f" MFU {run.lm_flops / dt / run.peak / run.world:.1%}"
-    done, left = run.state["step"] - run.clock["first"], run.a.max_steps - run.state["step"]
-    return msg + f"  {outputs.clock((time.perf_counter() - run.clock['start']) / max(1, done) * left)} left"  # evals included
+class Interrupted(Exception):
+    """Ctrl-C during training; the message says what was saved and how to continue."""
 
 
 # ----------------------------------------------------------------------------- evaluation, log, checkpoint
@@ -215,8 +226,11 @@ def rank0_work(run, a, measure, ev):
     if measure and run.dyn:
         run.dyn.measure(run.model, run.state["step"])
     if ev:
-        row = evaluate(run, a)
-        log_row(run, a, row)
+        row, lines = evaluate(run, a)
+        with open(run.out / "log.jsonl", "a") as f:  # the row before the checkpoint: on resume, rows past it are cut
+            f.write(json.dumps(row) + "\n")
+        for line in lines:
+            tqdm.write(line)
         save_checkpoint(run, a)
         for v in run.win.values():
             v.clear()
@@ -235,50 +249,42 @@ def val_loss(model, val, a, device, ctx):
 
 
 def evaluate(run, a):
-    """One log row: the window's training means, the val loss, the fixed val episodes before and
-    after the inner loop, held-out text, a sample."""
+    """One log row and the lines printed with it: the window's training means, the val loss, the
+    fixed val episodes before and after the inner loop, held-out text, a sample."""
     mean = lambda k: float(np.mean([float(v) for v in run.win[k]])) if run.win[k] else None  # reads the steps' tensors
     s = run.state
     row = {"step": s["step"], "tokens": s["tokens"], "flops": s["flops"], "elapsed_s": round(s["elapsed_s"], 3),
-           "train_loss": mean("lm_loss"), "val_loss": val_loss(run.lm_model, run.val_tok, a, run.device, run.ctx),
+           "train_loss": mean("lm_loss"), "val_loss": val_loss(run.lm_model, run.data[2], a, run.device, run.ctx),
            "lr": lr_at(s["step"], a), "ar_ms": mean("lm_ms"), "meta_ms": mean("meta_ms"),
            "meta_steps": s["meta_pos"], "lm_steps": s["lm_pos"], "meta_loss": mean("meta_loss"),
            "support_acc": mean("support_acc"), "query_acc": mean("query_acc")}
     if not math.isfinite(row["val_loss"]):  # never overwrite the last good checkpoint with a broken model
         diverged(run, "val loss", row["val_loss"], s["step"])
+    lines = [f"eval step {row['step']}: val loss {row['val_loss']:.4f} (ppl {math.exp(row['val_loss']):.1f})"]
     if run.task:  # the fixed val episodes, before and after the inner loop
-        row |= meta.evaluate(run.model, run.head, run.task, run.task.val_episodes(), a, run.device, run.ctx, run.inner)
-    if run.inner:
-        row["inner_lrs"] = meta.inner_lrs_now(run.inner)
+        row |= meta.evaluate(run.model, run.head, run.task, run.task.val_episodes(), run.learner, run.device, run.ctx)
+        if row.get("episode_acc_before") is not None:  # --eval-episodes 0 scores none
+            lines[0] += f", val episodes acc {row['episode_acc_before']:.3f} -> {row['episode_acc_after']:.3f}"
+    extra, line = run.learner.report()
+    row |= extra
+    lines += [line] if line else []
     if run.texts:
-        row["eval_text"] = {n: heldout.text_loss(run.lm_model, t, run.tok.unk, a, run.device, run.ctx)
+        row["eval_text"] = {n: heldout.text_loss(run.lm_model, t, run.data[3].unk, a, run.device, run.ctx)
                             for n, t in run.texts.items()}
+        lines[0] += "".join(f", {n} {v['bpb']:.3f} bits/byte" for n, v in row["eval_text"].items())
     if a.sample_tokens:
-        row["sample"] = heldout.sample(run.model, run.tok, a, run.device, run.dmeta["vocab_size"])
-    return row
-
-
-def log_row(run, a, row):
-    """log.jsonl gets the row before the checkpoint of the same step: on resume, rows past it are cut."""
-    with open(run.out / "log.jsonl", "a") as f:
-        f.write(json.dumps(row) + "\n")
-    tqdm.write(f"eval step {row['step']}: val loss {row['val_loss']:.4f} (ppl {math.exp(row['val_loss']):.1f})"
-               + (f", val episodes acc {row['episode_acc_before']:.3f} -> {row['episode_acc_after']:.3f}"
-                  if row.get("episode_acc_before") is not None else "")  # --eval-episodes 0 scores none
-               + "".join(f", {n} {v['bpb']:.3f} bits/byte" for n, v in row.get("eval_text", {}).items()))
-    if "tams_choices" in row:  # per block, the op most val episodes chose: S(wiGLU), k (skip), L(ow-rank)
-        tqdm.write("tams ops per block: " + "".join("SkL"[max(range(3), key=c.__getitem__)] for c in row["tams_choices"]))
-    if "sample" in row:
-        tqdm.write(f"sample: {a.sample_prompt + row['sample']!r}")
+        row["sample"] = heldout.sample(run.model, run.data[3], a, run.device, run.data[0]["vocab_size"])
+        lines.append(f"sample: {a.sample_prompt + row['sample']!r}")
+    return row, lines
 
 
 def save_checkpoint(run, a):
     """OUT/ckpt.pt (and ckpt_step{N}.pt every --save-every steps): one plain dict, written atomically."""
-    step, tok = run.state["step"], run.tok
+    step, tok = run.state["step"], run.data[3]
     ck = {"model": run.model.state_dict(), "meta_head": run.head.state_dict(), "inner_lrs": run.inner.state_dict(),
           "optimizer": run.opt.state_dict(), "meta_optimizer": run.meta_opt.state_dict() if run.meta_opt else None,
-          "model_args": vars(run.margs), "step": step, "state": dict(run.state),
-          "rng": checkpoint.rng_state(), "data_meta": run.dmeta, "config": checkpoint.saved_config(a),
+          "model_args": vars(run.model.args), "step": step, "state": dict(run.state),
+          "rng": checkpoint.rng_state(), "data_meta": run.data[0], "config": checkpoint.saved_config(a),
           "vocab_map": None if tok.old_of_new is None else torch.from_numpy(tok.old_of_new),
           "dynamics_probe": tuple(t.cpu() for t in run.dyn.probe) if run.dyn else None}
     checkpoint.save(run.out / "ckpt.pt", ck)
@@ -301,11 +307,17 @@ def setup(a, rank, world, device, dtype, ctx):
     task = None  # a run that takes no meta step and scores no episode needs no episode index
     if a.meta or a.eval_episodes:
         task = ddp.agree(lambda: tasks.make(a, Path(data_dir), dmeta, train_tok, val_tok, tok), rank, world, "rank0_first")
+    learner = learners.make(a)
     torch.manual_seed(a.seed)
-    margs = preset(a.size, dmeta["vocab_size"], a.block_size, a.tarp or "", a.inner_rank if a.tarp else 0, a.tams)
-    model = checkpoint.build_model(ckpt, device) if ckpt else Transformer(margs).to(device)
+    if ckpt:
+        model = checkpoint.build_model(ckpt, device)
+    else:
+        model = Transformer(preset(a.size, dmeta["vocab_size"], a.block_size))
+        learner.change_model(model)  # TARP's shifted matrices, TAMS's ops: made before the weights move
+        model = model.to(device)
     head = (task.make_head(model.args.d_model, model.args.vocab_size) if task else nn.ParameterDict()).to(device)
-    inner = (meta.make_inner_lrs(a, meta.fast_names(model, head, task, a)) if task else nn.ParameterDict()).to(device)
+    names = learner.fast_names(model, meta.adapted_names(model, learner)) + (task.head_names(head) if task else [])
+    inner = (learner.learned(names) if task else nn.ParameterDict()).to(device)
     params = [*model.parameters(), *head.parameters(), *inner.parameters()]
     decay = [p for p in params if p.dim() >= 2]  # matrices decay; norm gains, temperature and step sizes do not
     no_decay = [p for p in params if p.dim() < 2]
@@ -320,31 +332,25 @@ def setup(a, rank, world, device, dtype, ctx):
         ddp.agree(lambda: checkpoint.load_state(ckpt, model, head, inner, opt, meta_opt, a, out), rank, world)
         state = ckpt["state"]
         checkpoint.set_rng_state(ckpt["rng"])
-    lm_model = compile_model(model) if a.compile else model
-    margs, n_micro = model.args, world * a.grad_accum
-    run = SimpleNamespace(a=a, rank=rank, world=world, device=device, dtype=dtype, ctx=ctx, out=out, dmeta=dmeta,
-                          train_tok=train_tok, val_tok=val_tok, task=task, tok=tok, model=model, lm_model=lm_model, head=head,
-                          inner=inner, params=params, opt=opt, meta_opt=meta_opt, state=state, margs=margs, n_micro=n_micro,
-                          net=ddp.wrap(Objective(model, lm_model, head, inner, task, a), world, device),
-                          lm_tokens=a.batch_size * a.block_size * n_micro, peak=peak_flops(device),
-                          dyn_every=0 if a.dynamics_every == 0 else (a.dynamics_every or a.eval_every),
-                          saved_step=ckpt["step"] if ckpt else None,
-                          win={k: [] for k in ("lm_ms", "meta_ms", "lm_loss", "meta_loss", "support_acc", "query_acc")})
-    run.lm_flops = flops_per_token(margs, a.block_size) * run.lm_tokens
+    if a.compile:  # LM steps run the compiled module; meta steps reach the decoder through a compiled functional_call
+        use_compile()
+    lm_model = torch.compile(model) if a.compile else model
+    n_micro, non_emb = world * a.grad_accum, count_model(model)[1]
+    per_token = lambda L, backward=True, lm_head=False: flops_per_token(model.args, L, backward, lm_head, non_emb)
+    flops = {"lm": flops_per_token(model.args, a.block_size, non_emb=non_emb) * a.batch_size * a.block_size * n_micro,
+             "meta": meta.step_flops(task, learner, per_token) * n_micro if a.meta else 0}
+    run = Run(a=a, rank=rank, world=world, device=device, dtype=dtype, ctx=ctx, out=out,
+              data=(dmeta, train_tok, val_tok, tok), task=task, learner=learner, model=model, lm_model=lm_model,
+              head=head, inner=inner, net=ddp.wrap(Objective(model, lm_model, head, inner, task, learner), world, device),
+              opt=opt, meta_opt=meta_opt, state=state, flops=flops, saved_step=ckpt["step"] if ckpt else None,
+              dyn_every=0 if a.dynamics_every == 0 else (a.dynamics_every or a.eval_every))
     outputs.describe(run, a)
     probe = None
     if run.dyn_every:  # the batch the dynamics are measured on: drawn once, then carried in the checkpoint
         probe = (ckpt or {}).get("dynamics_probe") or get_batch(
-            run.val_tok, min(4, a.batch_size), a.block_size, a.seed, STREAM_PROBE, 0, "cpu")
+            val_tok, min(4, a.batch_size), a.block_size, a.seed, STREAM_PROBE, 0, "cpu")
     run.dyn, run.texts = ddp.agree(lambda: outputs.start(run, a, probe), rank, world, "rank0") or (None, {})
     return run
-
-
-def compile_model(model):
-    """--compile: LM steps run the returned compiled module, and meta steps reach the same
-    decoder through a compiled functional_call (tasks.common.use_compile)."""
-    use_compile()
-    return torch.compile(model)
 
 
 def main(argv=None):

@@ -53,14 +53,14 @@ if [ "${DRY:-}" = 1 ]; then DEV="--device cpu --dtype float32"; B=8; T=64; SIZES
 
 say "bench: LM and meta step at $SIZES ($B x $T per step; 4 micro-batches where $B does not fit)"
 for size in $SIZES; do
-  $PY bench.py --data-dir $D $DEV --size $size --batch-size $B --block-size $T --json >> "$OUT/bench.jsonl" \
-    || $PY bench.py --data-dir $D $DEV --size $size --batch-size $((B / 4)) --grad-accum 4 --block-size $T \
+  $PY -m tools.bench --data-dir $D $DEV --size $size --batch-size $B --block-size $T --json >> "$OUT/bench.jsonl" \
+    || $PY -m tools.bench --data-dir $D $DEV --size $size --batch-size $((B / 4)) --grad-accum 4 --block-size $T \
       --json >> "$OUT/bench.jsonl" || echo "bench $size failed"
 done
 cat "$OUT/bench.jsonl"
 
 say "the LM loss alone at 11m, $((B / 8)) x $T (where full logits fit): chunk sizes against F.cross_entropy"
-$PY bench.py --data-dir $D ${DEV/--compile/} --size 11m --batch-size $((B / 8)) --block-size $T --cross-entropy \
+$PY -m tools.bench --data-dir $D ${DEV/--compile/} --size 11m --batch-size $((B / 8)) --block-size $T --cross-entropy \
     --json >> "$OUT/loss.jsonl" || echo "cross-entropy bench failed"
 cat "$OUT/loss.jsonl"
 
@@ -70,11 +70,11 @@ RUN="--size 11m $DEV --batch-size $B --block-size $T --warmup-steps 100 --eval-t
 S=runs/gpu_study  # beside $OUT: its checkpoints stay on the machine
 if [ "${STUDY:-smoke}" = full ]; then
   say "study: vanilla, smlmt, pico at $FULL tokens per run, seeds 1-3 (the plan first)"
-  $PY study.py --data-dir $D --arms vanilla,smlmt,pico --seeds 1,2,3 --tokens $FULL --eval-runs 10 --out $S --plan -- $RUN
-  $PY study.py --data-dir $D --arms vanilla,smlmt,pico --seeds 1,2,3 --tokens $FULL --eval-runs 10 --out $S -- $RUN || true
+  $PY -m tools.study --data-dir $D --arms vanilla,smlmt,pico --seeds 1,2,3 --tokens $FULL --eval-runs 10 --out $S --plan -- $RUN
+  $PY -m tools.study --data-dir $D --arms vanilla,smlmt,pico --seeds 1,2,3 --tokens $FULL --eval-runs 10 --out $S -- $RUN || true
 else
   say "study smoke: vanilla and pico, one seed, $TOK tokens each"
-  $PY study.py --data-dir $D --arms vanilla,pico --seeds 1 --tokens $TOK --eval-runs 2 --out $S -- $RUN || true
+  $PY -m tools.study --data-dir $D --arms vanilla,pico --seeds 1 --tokens $TOK --eval-runs 2 --out $S -- $RUN || true
 fi
 tar czf "$OUT/study.tgz" --exclude='*.pt' $S
 say "done: $OUT"

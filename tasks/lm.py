@@ -3,12 +3,21 @@ lm: the older proposal. K support and Q query sequences from one document; the i
 losses are next-token cross-entropy, and there is no episode head.
 """
 import numpy as np
+import torch.nn as nn
 
-from config import UserError
-from tasks.common import Task, decoder, with_backbone
+from plumbing.errors import UserError
+from tasks.base import Task, decoder, with_backbone
 
 
 class LM(Task):
+    DEFAULTS = {"inner_lr": 0.1, "inner_params": "all", "k_shot": 4, "n_way": None}
+    CLASSIFIES = False
+
+    @classmethod
+    def check(cls, a):
+        if a.task == cls.name() and a.inner_params == "head":
+            raise UserError("--inner-params head needs --task smlmt or pico (lm has no episode head); use top-K or all")
+
     def __init__(self, a, data_dir, dmeta, train_tok, val_tok, tok=None):
         super().__init__(a, data_dir, dmeta, train_tok, val_tok, tok)
         need = (a.k_shot + a.n_query) * (a.episode_len + 1)
@@ -38,17 +47,29 @@ class LM(Task):
         return {n: params[n] for n in names}, ep | {"params": params}
 
     def support(self, model, fast, ep):
-        return decoder(model, with_backbone(ep, fast), ep["xs"], arch=ep.get("arch")), ep["ys"]  # (n, L, V) logits
+        return decoder(model, with_backbone(ep, fast), ep["xs"]), ep["ys"]  # (n, L, V) logits
 
     def query(self, model, fast, ep):
-        return decoder(model, with_backbone(ep, fast), ep["xq"], arch=ep.get("arch")), ep["yq"]
+        return decoder(model, with_backbone(ep, fast), ep["xq"]), ep["yq"]
+
+    def units(self, ep):
+        return {}
+
+    def make_head(self, d_model, vocab_size):
+        return nn.ParameterDict()  # next tokens through the decoder's own output layer: no head
+
+    def head_names(self, head):
+        return []
 
     def tokens_per_episode(self):
         return (self.a.k_shot + self.a.n_query) * self.a.episode_len
 
-    def shape(self):
+    def flops_per_episode(self, flops):
+        a, L = self.a, self.a.episode_len
+        full = flops(L, backward=True, lm_head=True)  # the inner and outer losses go through the output layer
+        return {"start": 0, "start_nograd": 0, "support": full * a.k_shot * L, "query": full * a.n_query * L}
+
+    def describe(self):
         a = self.a
-        return f"lm, {a.k_shot} support + {a.n_query} query sequences of {a.episode_len} tokens from one document"
-
-
-TASK = LM
+        return (f"lm, {a.k_shot} support + {a.n_query} query sequences of {a.episode_len} tokens from one document = "
+                f"{self.tokens_per_episode():,} tokens/episode")

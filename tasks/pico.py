@@ -15,11 +15,19 @@ import torch
 import torch.nn as nn
 from torch.func import functional_call
 
-from config import UserError
-from tasks.common import Task, decoder, fp32, with_backbone
+from plumbing.errors import UserError
+from tasks.base import Task, decoder, fp32, with_backbone
 
 
 class Pico(Task):
+    DEFAULTS = {"inner_lr": 0.1, "inner_params": "head", "k_shot": 4, "n_way": 32}  # the released trainer's 32 classes
+    VERIFIES = "labels that name their own token (the others: class 0, or ignored):"
+
+    @classmethod
+    def add_flags(cls, g):
+        g.add_argument("--pico-drop-outside", action="store_true",
+                       help="ignore labels outside the class set instead of clamping them to class 0")
+
     def __init__(self, a, data_dir, dmeta, train_tok, val_tok, tok=None):
         super().__init__(a, data_dir, dmeta, train_tok, val_tok, tok)
         for s, t in self.splits.items():
@@ -75,36 +83,56 @@ class Pico(Task):
         head-only inner loop, so its support features are computed once, here."""
         params = dict(model.named_parameters())
         with torch.no_grad():
-            fs = feats(model, params, ep["xs"], ep["ps"], ep.get("arch"))
+            fs = feats(model, params, ep["xs"], ep["ps"])
         fast = {n: params[n] for n in names} | {"head." + n: w for n, w in head.named_parameters()}
         return fast, ep | {"params": params, "fs": fs, "head": head, "adapts_backbone": bool(names)}
 
     def support(self, model, fast, ep):
-        f = feats(model, with_backbone(ep, fast), ep["xs"], ep["ps"], ep.get("arch")) if ep["adapts_backbone"] else ep["fs"]
+        f = feats(model, with_backbone(ep, fast), ep["xs"], ep["ps"]) if ep["adapts_backbone"] else ep["fs"]
         return logits(ep["head"], f, fast, ep["classes"]), ep["ys"]
 
     def query(self, model, fast, ep):
-        f = feats(model, with_backbone(ep, fast), ep["xq"], ep["pq"], ep.get("arch"))
+        f = feats(model, with_backbone(ep, fast), ep["xq"], ep["pq"])
         return logits(ep["head"], f, fast, ep["classes"]), ep["yq"]
 
-    # ------------------------------------------------------------------------- accounting
+    def units(self, ep):
+        return {}
+
+    # ------------------------------------------------------------------------- accounting and inspection
 
     def tokens_per_episode(self):
         return 2 * self.a.batch_size * self.a.block_size  # a support copy and a query copy of the rows
 
-    def shape(self):
+    def flops_per_episode(self, flops):
+        B, L = self.a.batch_size, self.a.block_size
+        fwd, full = flops(L, backward=False), flops(L, backward=True)
+        return {"start": fwd * B * L, "start_nograd": fwd * B * L, "support": full * B * L, "query": full * B * L}
+
+    def describe(self):
         a = self.a
         return (f"pico {a.n_way} classes, {a.batch_size} rows x {a.block_size} tokens, {a.k_shot} support + 1 query "
-                f"positions, labels outside the classes {'ignored' if a.pico_drop_outside else 'set to class 0'}")
+                f"positions, labels outside the classes {'ignored' if a.pico_drop_outside else 'set to class 0'} = "
+                f"{self.tokens_per_episode():,} tokens/episode")
+
+    def show(self, ep):
+        a, dec = self.a, lambda ids: self.tok.decode(ids).replace("\n", " ")
+        words = [dec([t]) for t in ep["classes"]]
+        print(f"classes ({len(words)}): {words}\nsupport positions {ep['ps'].tolist()}, query position {ep['pq'].tolist()}")
+        for b, row in enumerate(ep["xs"][:4]):
+            ys = ep["ys"][b * a.k_shot : (b + 1) * a.k_shot]
+            print(f"  row {b}: {dec(row)!r}\n    support labels {ys.tolist()}, query label {int(ep['yq'][b])}")
+
+    def verify(self, ep, split="train"):
+        """The labels that name their own token (not clamped to class 0 or ignored)."""
+        ys, ts = np.concatenate([ep["ys"], ep["yq"]]), np.concatenate([ep["targets_s"], ep["targets_q"]])
+        return int(sum(y >= 0 and ep["classes"][y] == t for y, t in zip(ys, ts))), len(ys)
 
 
-def feats(model, params, x, p, arch=None):
-    return decoder(model, params, x, hidden=True, arch=arch)[:, p].flatten(0, 1).float()  # (B, K, d) -> (B*K, d)
+def feats(model, params, x, p):
+    return decoder(model, params, x, hidden=True)[:, p].flatten(0, 1).float()  # (B, K, d) -> (B*K, d)
 
 
 def logits(head, f, fast, classes):
     with fp32(f.device):
         return functional_call(head, {n[5:]: w for n, w in fast.items() if n.startswith("head.")}, (f,))[:, classes]  # (n, N)
 
-
-TASK = Pico

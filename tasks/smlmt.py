@@ -12,6 +12,7 @@ states are O(d), which made the first query losses 14-43 and taught the backbone
 every feature (the collapse). As in Meta-Dataset's fo-Proto-MAML, the query gradient also
 flows through the prototypes (--proto-grad); only the inner-loop gradients are constants.
 """
+import argparse
 import hashlib
 import json
 import math
@@ -23,11 +24,35 @@ import torch.nn as nn
 from tqdm import tqdm
 
 import data as datalib
-from config import UserError
-from tasks.common import Task, decoder, fp32, with_backbone
+from plumbing.errors import UserError
+from tasks.base import Task, decoder, fp32, with_backbone
 
 
 class SMLMT(Task):
+    # 8 shots, not 4: with 4 the prototypes are already the best head the support set justifies
+    # and the inner loop only sharpens the logits (a single temperature beats it); with 8,
+    # adapting the head beats that temperature. inner_lr 2.0 in logit units (units below): the
+    # sweep in results/README.md. n_way None: as many classes as make one LM batch of tokens
+    DEFAULTS = {"inner_lr": 2.0, "inner_params": "head", "k_shot": 8, "n_way": None}
+    PERSISTENT_HEAD = False
+    VERIFIES = "masked word present in"
+
+    @classmethod
+    def add_flags(cls, g):
+        g.add_argument("--episode-feature", default="before-mask", choices=["before-mask", "mask", "last", "mean"],
+                       help="the hidden state that represents a window (before-mask: the position that predicts the "
+                            "masked word)")
+        g.add_argument("--proto-grad", action=argparse.BooleanOptionalAction, default=True,
+                       help="let the query gradient flow through the prototype initialisation (fo-Proto-MAML)")
+        g.add_argument("--skip-top-words", type=int, default=100, help="skip the N most frequent token types")
+        g.add_argument("--min-word-count", type=int, default=50, help="skip token types rarer than this")
+
+    @classmethod
+    def check(cls, a):
+        for flag, least in (("skip_top_words", 0), ("min_word_count", 1)):
+            if getattr(a, flag) < least:
+                raise UserError(f"--{flag.replace('_', '-')} {getattr(a, flag)}: must be at least {least}")
+
     def __init__(self, a, data_dir, dmeta, train_tok, val_tok, tok=None):
         super().__init__(a, data_dir, dmeta, train_tok, val_tok, tok)
         self.index = {}
@@ -84,20 +109,18 @@ class SMLMT(Task):
         scale = head["log_scale"].exp()
         params = dict(model.named_parameters())
         with torch.set_grad_enabled(self.a.proto_grad and torch.is_grad_enabled()):
-            fs = features(model, params, ep["xs"], ep["ps"], self.a.episode_feature, ep.get("arch"), ep["len_s"]) * scale  # (N*K, d)
+            fs = features(model, params, ep["xs"], ep["ps"], self.a.episode_feature, ep["len_s"]) * scale  # (N*K, d)
         fast = {n: params[n] for n in names} | proto_head(fs, ep["ys"], self.a.n_way)
         return fast, ep | {"params": params, "fs": fs, "scale": scale, "adapts_backbone": bool(names)}
 
     def support(self, model, fast, ep):  # head only: the cached features, no backbone pass
         if not ep["adapts_backbone"]:
             return logits(ep["fs"].detach(), fast), ep["ys"]
-        f = features(model, with_backbone(ep, fast), ep["xs"], ep["ps"], self.a.episode_feature, ep.get("arch"),
-                     ep["len_s"])
+        f = features(model, with_backbone(ep, fast), ep["xs"], ep["ps"], self.a.episode_feature, ep["len_s"])
         return logits(f * ep["scale"].detach(), fast), ep["ys"]
 
     def query(self, model, fast, ep):
-        f = features(model, with_backbone(ep, fast), ep["xq"], ep["pq"], self.a.episode_feature, ep.get("arch"),
-                     ep["len_q"])
+        f = features(model, with_backbone(ep, fast), ep["xq"], ep["pq"], self.a.episode_feature, ep["len_q"])
         return logits(f * ep["scale"], fast), ep["yq"]
 
     def units(self, ep):
@@ -107,16 +130,43 @@ class SMLMT(Task):
         # support features' mean |f|^2 makes --inner-lr the size of the logit change.
         return {"head.w": 1.0 / ep["fs"].detach().pow(2).sum(1).mean()}
 
-    # ------------------------------------------------------------------------- accounting
+    # ------------------------------------------------------------------------- accounting and inspection
 
     def tokens_per_episode(self):
         a = self.a
         return (a.k_shot + a.n_query) * a.n_way * a.episode_len
 
-    def shape(self):
+    def flops_per_episode(self, flops):
+        # windows counted at their full length, though the features stop at the mask: an upper bound
+        a, L = self.a, self.a.episode_len
+        n_s, n_q = a.n_way * a.k_shot, a.n_way * a.n_query
+        fwd, full = flops(L, backward=False), flops(L, backward=True)
+        return {"start": (full if a.proto_grad else fwd) * n_s * L, "start_nograd": fwd * n_s * L,
+                "support": full * n_s * L, "query": full * n_q * L}
+
+    def describe(self):
         a = self.a
         return (f"smlmt {a.n_way}-way {a.k_shot}-shot {a.n_query}-query, windows of {a.episode_len} tokens, "
-                f"{len(self.index['train'][3]):,} eligible word types, feature {a.episode_feature}")
+                f"{len(self.index['train'][3]):,} eligible word types, feature {a.episode_feature} = "
+                f"{self.tokens_per_episode():,} tokens/episode")
+
+    def show(self, ep):
+        a, dec = self.a, lambda ids: self.tok.decode(ids).replace("\n", " ")
+        for c, t in enumerate(ep["types"]):
+            print(f"class {int(ep['ys'][c * a.k_shot])}: {dec([t])!r}")
+            for x in np.concatenate([ep["xs"][c * a.k_shot : (c + 1) * a.k_shot],
+                                     ep["xq"][c * a.n_query : (c + 1) * a.n_query]]):
+                print(f"    {dec(x)!r}")
+
+    def verify(self, ep, split="train"):
+        """Each window has a mask at its recorded position, and the corpus word there is its class's."""
+        tokens, good, n = self.splits[split], 0, 0
+        cls = {int(y): c for c, y in enumerate(ep["ys"][:: self.a.k_shot])}  # label -> class slot (types order)
+        for x, y, p, s in ((ep["xs"], ep["ys"], ep["ps"], ep["starts_s"]), (ep["xq"], ep["yq"], ep["pq"], ep["starts_q"])):
+            for xi, yi, pi, si in zip(x, y, p, s):
+                good += int(xi[pi] == self.tok.mask and tokens[si + pi] == ep["types"][cls[int(yi)]])
+                n += 1
+        return good, n
 
 
 def proto_head(feats, labels, n_way):
@@ -142,12 +192,12 @@ def window_end(p, L):
     return int(min(L, -(-(int(np.max(p)) + 1) // 16) * 16))
 
 
-def features(model, params, x, p, kind, arch=None, length=None):
+def features(model, params, x, p, kind, length=None):
     """One hidden state per window, after the final norm, in float32. `length` (window_end):
     where the windows may end for the kinds read at the mask; None reads whole windows."""
     if kind in ("mask", "before-mask") and length:
         x = x[:, :length]  # (n, L') with L' > max p
-    h = decoder(model, params, x, hidden=True, arch=arch)  # (n, L', d)
+    h = decoder(model, params, x, hidden=True)  # (n, L', d)
     rows = torch.arange(len(x), device=x.device)
     if kind == "last":  # the only position that has seen the whole window
         f = h[:, -1]
@@ -204,5 +254,3 @@ def smlmt_index(data_dir, dmeta, a, splits, tok, split):
     datalib.write_atomic(cache, lambda f: np.savez(f, types=types, offsets=offsets, pos=pos))
     return types, offsets, pos
 
-
-TASK = SMLMT

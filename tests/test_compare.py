@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-import arms as armslib
-import compare
+from tools import arms as armslib
+from tools import compare
 
 
 def write_run(d, losses, flops_per_step=1e9, data_sha="abc", dynamics=None, step_every=10):

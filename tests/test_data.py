@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import data
-from config import UserError
+from plumbing.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -85,8 +85,9 @@ def test_a_bad_flag_on_one_rank_ends_both_ranks_with_one_line(data_dir, tmp_path
 
 
 def _count_all_reduces(rank, world, port, data_dir, result):
-    import config
+    from plumbing import config
     import data
+    import learners
     import tasks
     import train
     from model import Transformer, preset
@@ -98,7 +99,7 @@ def _count_all_reduces(rank, world, port, data_dir, result):
     task = tasks.make(a, Path(data_dir), dmeta, *data.load_bins(data_dir, dmeta))
     model = Transformer(dataclasses.replace(preset("11m", 256, 32), n_layer=2))  # the buckets, not the depth, matter
     head = task.make_head(model.args.d_model, model.args.vocab_size)
-    net = torch.nn.parallel.DistributedDataParallel(train.Objective(model, model, head, torch.nn.ParameterDict(), task, a),
+    net = torch.nn.parallel.DistributedDataParallel(train.Objective(model, model, head, torch.nn.ParameterDict(), task, learners.make(a)),
                                                     find_unused_parameters=True)
     calls = []
 

@@ -4,7 +4,7 @@ import math
 
 import torch
 
-import dynamics
+from plumbing import dynamics
 from conftest import run_train
 
 

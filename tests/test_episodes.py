@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 import data
-import config
-import inspect_episodes
+from plumbing import config
+from tools import inspect_episodes
 import tasks
 from tasks.smlmt import occurrence_index
 from conftest import TINY
@@ -43,7 +43,7 @@ def test_full_vocabulary_windows_hold_their_masked_word(full_vocab_dir):
     assert (np.diff(types) < 0).any()  # the fixture really has frequency order != id order
     good = n = 0
     for i in range(20):
-        g, m = inspect_episodes.check(eps, eps.episode("train", np.random.default_rng(i)))
+        g, m = eps.verify(eps.episode("train", np.random.default_rng(i)))
         good, n = good + g, n + m
     assert good == n > 0
 
@@ -54,7 +54,7 @@ def test_inspector_prints_episodes_and_the_check(full_vocab_dir, capsys):
     out = capsys.readouterr().out
     assert out.count("== training episode") == 2 and "<mask>" in out and "class 0:" in out
     last = out.strip().splitlines()[-1]
-    x, y = last.removeprefix("masked word present in ").removesuffix(" windows").split("/")
+    x, y = last.removeprefix("masked word present in ").removesuffix(" over 30 episodes").split("/")
     assert x == y == str(30 * 4 * 4)
 
 
@@ -67,7 +67,7 @@ def test_index_cache_is_keyed_by_the_data_and_written_atomically(corpus_txt, tmp
     assert len(list(d.glob("smlmt_train_*.npz"))) == 2 and not list(d.glob("*.tmp"))
     assert (eps.index["train"][0] < 64).all()  # not the stale index of the 256-id vocabulary
     for i in range(10):
-        g, m = inspect_episodes.check(eps, eps.episode("train", np.random.default_rng(i)))
+        g, m = eps.verify(eps.episode("train", np.random.default_rng(i)))
         assert g == m
 
 

@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-import checkpoint
+from plumbing import checkpoint
 import data
-import export
+from tools import export
 from conftest import run_train
 
 transformers = pytest.importorskip("transformers", reason="export tests load the result with transformers "

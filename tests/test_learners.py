@@ -1,5 +1,6 @@
 """More meta-learners in meta.py: the low-rank inner loop (--inner-rank), Reptile (--outer), the AdamW
 inner loop (--inner-opt)."""
+import argparse
 import copy
 import math
 
@@ -9,19 +10,37 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.func import functional_call
 
+import learners
 import meta
-from config import UserError
+from learners.adamw import adamw_direction
+from learners.lowrank import LowRank
+from learners.tams import choose
+from learners.tarp import TARPLinear
+from plumbing import config
+from plumbing.errors import UserError
 from conftest import run_train
-from accounting import count_params
-from model import TARPLinear, Transformer, preset
-from tasks.common import to_device
-from test_meta import episode_fns, setup
+from model import Transformer, preset
+from tasks.base import to_device
+from test_meta import episode_fns, fomaml, setup
+
+
+def built(*flags):
+    """A fresh 11m decoder (vocabulary 256, block 32) at seed 0, changed by the variants the flags select."""
+    a = config.get_args(["--task", "lm", "--inner-params", "top-1", *map(str, flags)])
+    torch.manual_seed(0)
+    model = Transformer(preset("11m", 256, 32))
+    learners.make(a).change_model(model)
+    return model, learners.make(a)
+
+
+def low_rank(params, rank, learn_v, seed):
+    return LowRank(argparse.Namespace(inner_rank=rank, inner_rank_learn_v=learn_v)).reparam(params, seed)
 
 
 def test_low_rank_fast_weights_with_u_zero_are_the_model(data_dir):
     a, eps, model, _, head = setup(data_dir, "--task", "lm", "--inner-params", "all", "--inner-rank", "3")
     params = dict(model.named_parameters())
-    start, compose = meta.low_rank(params, 3, True, seed=7)
+    start, compose = low_rank(params, 3, True, seed=7)
     assert all(not n.endswith(".U") or not w.any() for n, w in start.items())  # U starts at zero
     assert {n for n in start if n.endswith(".U")} == {n + ".U" for n, w in params.items() if w.dim() == 2}
     x = torch.from_numpy(eps.val_episodes()[0]["xs"])
@@ -41,10 +60,10 @@ def test_every_inner_step_changes_a_matrix_by_rank_at_most_r(data_dir, learn_v):
     extra = ["--inner-rank-learn-v"] if learn_v else []
     a, eps, model, _, head = setup(data_dir, "--task", "lm", "--inner-params", "top-1", "--inner-rank", R, *extra)
     ep = to_device(eps.val_episodes()[0], "cpu")
-    support, fast, _, units = episode_fns(eps, model, head, ep, meta.adapted_names(model, "top-1"))
+    support, fast, _, units = episode_fns(eps, model, head, ep, meta.adapted_names(model, fomaml("top-1")))
     for rank, steps in ((R, 1), (R, 3), (0, 3)):
         a.inner_rank, a.inner_steps = rank, steps
-        phi = meta.adapt(support, fast, units, a, {}, ep["seed"])
+        phi = meta.adapt(support, fast, eps, ep, learners.make(a))
         deltas = {n: (phi[n] - w).detach() for n, w in fast.items() if w.dim() == 2}
         assert len(deltas) == 7  # q, k, v, o, w1, w2, w3 of the last block
         ranks = [numerical_rank(d) for d in deltas.values()]
@@ -61,7 +80,7 @@ def test_low_rank_meta_gradient_matches_the_hand_derivation_on_a_linear_model():
     xs, ys, xq, yq = torch.randn(6, 5), torch.randn(6, 4), torch.randn(3, 5), torch.randn(3, 4)
     grad = lambda W, x, y: 2 * (x @ W.T - y).T @ x / y.numel()  # d mse / d W, by hand
     R, lr = 2, 0.3
-    start, compose = meta.low_rank(dict(lin.named_parameters()), R, False, seed=3)
+    start, compose = low_rank(dict(lin.named_parameters()), R, False, seed=3)
     # read V off compose: with U = [I_R; 0], W + U V - W is V in the first R rows
     V = (compose({"weight.U": torch.eye(4, R)})["weight"] - lin.weight).detach()[:R]  # (R, d_in)
     assert torch.allclose(V @ V.T, torch.eye(R), atol=1e-5)  # orthonormal rows
@@ -81,9 +100,9 @@ def test_reptile_gradient_is_theta_minus_phi_over_the_inner_path(data_dir):
     a, eps, model, _, head = setup(data_dir, "--task", "lm", "--inner-params", "top-1", "--outer", "reptile",
                                    "--inner-steps", steps, "--inner-lr", lr)
     ep = to_device(eps.val_episodes()[0], "cpu")
-    loss, stats = meta.meta_loss(model, head, eps, ep, a)
+    loss, stats = meta.meta_loss(model, head, eps, ep, learners.make(a))
     loss.backward()
-    names = meta.adapted_names(model, "top-1")
+    names = meta.adapted_names(model, fomaml("top-1"))
     # by hand: plain SGD on next-token loss over support and query together
     phi = {n: p.detach().clone() for n, p in model.named_parameters()}
     x, y = torch.cat([ep["xs"], ep["xq"]]), torch.cat([ep["ys"], ep["yq"]])
@@ -144,7 +163,7 @@ def test_adamw_inner_loop_is_torchs_adamw_and_stays_first_order(schedule, wd):
     steps, lr = 4, 0.05
     support_loss = lambda f: F.mse_loss(functional_call(lin, f, (xs,)), ys)
     fast = meta.inner_loop(support_loss, dict(lin.named_parameters()), steps, lr,
-                           direction=meta.adamw_direction(steps, wd, schedule))
+                           direction=adamw_direction(steps, wd, schedule))
     F.mse_loss(functional_call(lin, fast, (xq,)), yq).backward()
 
     ref = copy.deepcopy(lin)  # torch's own AdamW, its lr set at each step by the schedule, written out here
@@ -179,15 +198,16 @@ def test_adamw_inner_loop_trains_and_resumes_exactly(data_dir, tmp_path):
 
 @pytest.mark.parametrize("kind", ["static", "dynamic"])
 def test_tarp_at_its_identity_init_is_the_plain_model_exactly(kind):
-    torch.manual_seed(0)
-    plain = Transformer(preset("11m", 256, 32))
-    torch.manual_seed(0)
-    tarp = Transformer(preset("11m", 256, 32, kind, 4))
+    plain, _ = built()
+    tarp, _ = built("--tarp", kind, "--inner-rank", 4)
     x = torch.randint(0, 256, (2, 16))
     shared = {n: w for n, w in tarp.state_dict().items() if ".tarp_" not in n}
     assert shared.keys() == plain.state_dict().keys() and all(torch.equal(w, plain.state_dict()[n]) for n, w in shared.items())
     assert torch.equal(tarp(x), plain(x))  # S = 0: the shift is exactly zero
-    assert sum(p.numel() for p in tarp.parameters()) == count_params(tarp.args)[0]
+    d, kv, h, r = 96, 32, 384, 4  # U, V and S (or W_S) of the 7 matrices, counted by hand
+    shapes = [(d, d), (d, kv), (d, kv), (d, d), (d, h), (d, h), (h, d)]
+    extra = 12 * sum((i + o) * r + (r * r * i if kind == "dynamic" else r * r) for i, o in shapes)
+    assert sum(p.numel() for p in tarp.parameters()) == sum(p.numel() for p in plain.parameters()) + extra
     with torch.no_grad():
         tarp.layers[3].mlp.w2.tarp_s.normal_()
     assert not torch.allclose(tarp(x), plain(x))  # and a shift changes the outputs
@@ -197,7 +217,7 @@ def test_tarp_meta_gradient_reaches_w0_u_v_and_s_first_order():
     """On one dynamic TARP layer: the inner loop adapts U, V and W_S only; the meta-gradient of
     every tensor, W0 included, is grad L_Q at the adapted weights (first order)."""
     torch.manual_seed(0)
-    layer = TARPLinear(6, 4, 2, "dynamic")
+    layer = TARPLinear(nn.Linear(6, 4, bias=False), 2, "dynamic")
     with torch.no_grad():
         layer.weight.normal_(), layer.tarp_u.normal_(), layer.tarp_v.normal_(), layer.tarp_s.normal_(std=0.1)
     xs, ys, xq, yq = torch.randn(8, 6), torch.randn(8, 4), torch.randn(5, 6), torch.randn(5, 4)
@@ -230,40 +250,47 @@ def test_tarp_trains_adapts_only_the_shifts_and_resumes_exactly(data_dir, tmp_pa
     assert [resumed[-1][k] for k in keys] == [full[-1][k] for k in keys] and full[-1]["meta_steps"] > 0
     assert full[-1]["episode_loss_after"] != full[-1]["episode_loss_before"]
     ck = torch.load(tmp_path / "full" / "ckpt.pt", weights_only=True)
-    assert ck["model_args"]["tarp"] == "dynamic" and "layers.11.mlp.w2.tarp_s" in ck["model"]
-    a, eps, model, _, head = setup(data_dir, *common)
-    names = meta.adapted_names(Transformer(preset("11m", 256, 32, "dynamic", 4)), "top-1")
+    assert ck["config"]["tarp"] == "dynamic" and "layers.11.mlp.w2.tarp_s" in ck["model"]
+    names = meta.adapted_names(*built("--tarp", "dynamic", "--inner-rank", 4))
     assert names and all(".tarp_" in n and n.startswith("layers.11.") for n in names) and len(names) == 21
 
 
 # ----------------------------------------------------------------------------- TAMS (--tams): the model search
 
 def test_tams_ops_change_the_forward_pass_and_swiglu_everywhere_is_the_plain_model():
-    torch.manual_seed(0)
-    plain = Transformer(preset("11m", 256, 32))
-    torch.manual_seed(0)
-    tams = Transformer(preset("11m", 256, 32, tams=True))
+    plain, _ = built()
+    tams, _ = built("--tams")
     with torch.no_grad():
         for layer in tams.layers:
             layer.lowrank[1].weight.normal_(std=0.02)  # a low-rank op that does something
     x = torch.randint(0, 256, (2, 16))
     one_hot = lambda op: F.one_hot(torch.full((12,), op), 3).float()
-    outs = [tams(x, arch=one_hot(op)) for op in range(3)]
+
+    def with_arch(arch):
+        for i, layer in enumerate(tams.layers):
+            layer.arch = arch[i]
+        out = tams(x)
+        for layer in tams.layers:
+            layer.arch = None
+        return out
+
+    outs = [with_arch(one_hot(op)) for op in range(3)]
     assert torch.equal(outs[0], plain(x)) and torch.equal(tams(x), plain(x))  # SwiGLU everywhere, or no arch
     assert not torch.allclose(outs[0], outs[1]) and not torch.allclose(outs[1], outs[2])  # skip, low-rank differ
-    assert (tams.choose(x).argmax(-1) == 0).all()  # the controller starts on every block's own SwiGLU
+    assert (choose(tams, x).argmax(-1) == 0).all()  # the controller starts on every block's own SwiGLU
 
 
 def test_tams_straight_through_gradient_reaches_the_controller(data_dir):
     a, eps, model, _, head = setup(data_dir, "--task", "lm", "--inner-params", "top-1", "--tams")
-    torch.manual_seed(0)
-    model = Transformer(preset("11m", 256, 32, tams=True))
-    loss, _ = meta.meta_loss(model, head, eps, eps.train_episode(0, "cpu"), a)
+    model, learner = built("--tams")
+    loss, _ = meta.meta_loss(model, head, eps, eps.train_episode(0, "cpu"), learner)
     loss.backward()
     last = model.controller[2]
     assert last.weight.grad is not None and last.weight.grad.abs().sum() > 0 and last.bias.grad.abs().sum() > 0
     assert all(p.grad is not None for p in model.layers[11].lowrank.parameters())  # the low-rank op learns too
-    assert not any(n.startswith("controller.") for n in meta.adapted_names(model, "all"))  # chosen, never adapted
+    learner.a.inner_params = "all"
+    assert not any(n.startswith("controller.") for n in meta.adapted_names(model, learner))  # chosen, never adapted
+    assert all(layer.arch is None for layer in model.layers)  # LM steps after the episode use the SwiGLU
 
 
 def test_tams_trains_logs_its_choices_and_resumes_exactly(data_dir, tmp_path):

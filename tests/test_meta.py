@@ -1,4 +1,5 @@
 """meta.py and episodes.py: first-order MAML, SMLMT / pico / LM episodes, and the hybrid schedule."""
+import argparse
 import dataclasses
 from contextlib import nullcontext
 from pathlib import Path
@@ -11,14 +12,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.func import functional_call
 
-import config
+from plumbing import config
 import data
+import learners
 import meta
 import tasks
 import train
-from config import UserError
+from plumbing.errors import UserError
+from learners.metasgd import key
 from tasks import smlmt
-from tasks.common import ce, fp32, to_device, use_compile
+from tasks.base import ce, fp32, to_device, use_compile
 from conftest import TINY, run_train
 from model import Transformer, preset
 
@@ -42,9 +45,14 @@ def episode_fns(task, model, head, ep, names):
     return (lambda f: task.support(model, f, ep)), fast, (lambda f: task.query(model, f, ep)), task.units(ep)
 
 
-def meta_step(model, head, task, ep, a, inner=None):
+def fomaml(spec):
+    """Plain FOMAML's learner adapting --inner-params spec (for meta.adapted_names)."""
+    return meta.Learner(argparse.Namespace(inner_params=spec))
+
+
+def meta_step(model, head, task, ep, a, learner=None):
     """meta.meta_loss and its backward: the meta-gradient lands in .grad."""
-    loss, stats = meta.meta_loss(model, head, task, ep, a, inner)
+    loss, stats = meta.meta_loss(model, head, task, ep, learner or learners.make(a))
     loss.backward()
     return loss.detach(), stats
 
@@ -78,7 +86,7 @@ def test_inner_loop_lowers_the_support_loss(data_dir):
     for spec in ("head", "top-2"):
         a, eps, model, _, head = setup(data_dir, "--inner-params", spec, "--inner-lr", "0.05")
         ep = to_device(eps.val_episodes()[0], "cpu")
-        names = meta.adapted_names(model, spec)
+        names = meta.adapted_names(model, fomaml(spec))
         support, fast, _, _ = episode_fns(eps, model, head, ep, names)
         support_loss = lambda f: ce(*support(f))
         # prototypes often fit a tiny support set exactly (loss 0): start from an uninformed head
@@ -91,10 +99,10 @@ def test_inner_loop_lowers_the_support_loss(data_dir):
 
 def test_adapted_names():
     model = Transformer(preset("11m", 256, 32))
-    assert meta.adapted_names(model, "head") == []
-    top = meta.adapted_names(model, "top-2")
+    assert meta.adapted_names(model, fomaml("head")) == []
+    top = meta.adapted_names(model, fomaml("top-2"))
     assert "norm.weight" in top and all(n == "norm.weight" or n.startswith(("layers.10.", "layers.11.")) for n in top)
-    assert len(meta.adapted_names(model, "all")) == len(list(model.parameters()))
+    assert len(meta.adapted_names(model, fomaml("all"))) == len(list(model.parameters()))
 
 
 def test_smlmt_episode_shapes_masking_and_labels(data_dir):
@@ -129,7 +137,7 @@ def test_episode_labels_are_permuted_and_sampler_is_deterministic(data_dir):
 
 def test_lm_episodes_come_from_one_document(data_dir):
     a, eps, model, dmeta, head = setup(data_dir, "--task", "lm")
-    assert a.inner_params == config.TASK_DEFAULTS["lm"][1] != "head"
+    assert a.inner_params == tasks.get("lm").DEFAULTS["inner_params"] != "head"
     ep = eps.episode("train", np.random.default_rng(1))
     assert ep["xs"].shape == (a.k_shot, a.episode_len) and ep["yq"].shape == (a.n_query, a.episode_len)
     assert not (np.concatenate([ep["xs"], ep["xq"]]) == dmeta["eot_id"]).any()
@@ -140,8 +148,10 @@ def test_lm_episodes_come_from_one_document(data_dir):
 
 def test_meta_step_flops_include_the_inner_loop(data_dir):
     a, eps, model, _, _ = setup(data_dir, "--inner-params", "top-1")
-    head_only = meta.step_flops(setup(data_dir)[0], model.args)
-    assert meta.step_flops(a, model.args) > head_only > 0
+    per_token = lambda L, backward=True, lm_head=False: train.flops_per_token(model.args, L, backward, lm_head)
+    b = setup(data_dir)[0]
+    head_only = meta.step_flops(eps, learners.make(b), per_token)
+    assert meta.step_flops(eps, learners.make(a), per_token) > head_only > 0
 
 
 def test_hybrid_ratio_zero_reproduces_vanilla_exactly(data_dir, tmp_path):
@@ -201,7 +211,7 @@ def test_meta_weight_scales_the_meta_gradient(data_dir):
     for w in (1.0, 0.25):
         a, eps, model, _, head = setup(data_dir, "--meta-weight", w)
         run = SimpleNamespace(world=1, rank=0, task=eps, device="cpu", ctx=nullcontext(),
-                              net=train.Objective(model, model, head, nn.ParameterDict(), eps, a))
+                              net=train.Objective(model, model, head, nn.ParameterDict(), eps, learners.make(a)))
         train.step_grads(run, a, "meta", 0)  # the meta step train.py takes
         grads.append(model.layers[3].mlp.w2.weight.grad.clone())
     assert grads[0].abs().sum() > 0
@@ -337,10 +347,10 @@ def test_separate_meta_moments_leave_the_lm_optimiser_to_lm_steps_and_resume_exa
 def test_no_inner_step_leaves_the_query_exactly_as_before(data_dir, task):
     for flags in (("--inner-steps", 0), ("--inner-lr", 0)):
         a, eps, model, _, head = setup(data_dir, "--task", task, "--inner-params", "top-1", *flags)
-        r = meta.evaluate(model, head, eps, eps.val_episodes(), a, "cpu", torch.autocast("cpu", enabled=False))
+        r = meta.evaluate(model, head, eps, eps.val_episodes(), learners.make(a), "cpu", torch.autocast("cpu", enabled=False))
         assert r["episode_loss_after"] == r["episode_loss_before"] and r["episode_acc_after"] == r["episode_acc_before"]
     a, eps, model, _, head = setup(data_dir, "--task", task, "--inner-params", "top-1", "--inner-lr", 0.3)
-    r = meta.evaluate(model, head, eps, eps.val_episodes(), a, "cpu", torch.autocast("cpu", enabled=False))
+    r = meta.evaluate(model, head, eps, eps.val_episodes(), learners.make(a), "cpu", torch.autocast("cpu", enabled=False))
     assert r["episode_loss_after"] != r["episode_loss_before"]  # and a real step does change it
 
 
@@ -361,18 +371,19 @@ def test_learned_step_size_gets_the_first_order_meta_sgd_gradient(data_dir):
     # fast = w - exp(log_lr) * sum_i g_i, so d L_Q / d log_lr = -exp(log_lr) * <grad L_Q(phi), sum_i g_i>
     a, eps, model, _, head = setup(data_dir, "--meta", "--task", "lm", "--inner-params", "top-1", "--learn-inner-lr",
                                    "--inner-lr", 0.05, "--inner-steps", 3)
-    inner = meta.make_inner_lrs(a, meta.fast_names(model, head, eps, a))
-    names = meta.adapted_names(model, "top-1")
+    learner = learners.make(a)
+    inner = learner.learned(learner.fast_names(model, meta.adapted_names(model, learner)) + eps.head_names(head))
+    names = meta.adapted_names(model, fomaml("top-1"))
     assert sorted(k.replace("/", ".") for k in inner) == sorted(names)
     with torch.no_grad():  # give each tensor its own step size, so a mix-up between tensors shows
         for i, p in enumerate(inner.values()):
             p.copy_(torch.tensor(np.log(0.05 * (1 + 0.1 * i))))
     ep = eps.train_episode(0, "cpu")
-    meta_step(model, head, eps, ep, a, inner)
+    meta_step(model, head, eps, ep, a, learner)
 
     params = dict(model.named_parameters())
     lm_loss = lambda fast, x, y: ce(functional_call(model, {**params, **fast}, (x,)), y)
-    lr = {n: inner[meta.lr_key(n)].exp().item() for n in names}
+    lr = {n: inner[key(n)].exp().item() for n in names}
     phi = {n: params[n].detach().clone() for n in names}
     total = {n: torch.zeros_like(w) for n, w in phi.items()}
     for _ in range(3):  # the inner loop by hand
@@ -384,9 +395,9 @@ def test_learned_step_size_gets_the_first_order_meta_sgd_gradient(data_dir):
     gq = dict(zip(names, torch.autograd.grad(lm_loss(phi, ep["xq"], ep["yq"]), list(phi.values()))))
     for n in names:
         want = -lr[n] * (gq[n] * total[n]).sum()
-        got = inner[meta.lr_key(n)].grad
+        got = inner[key(n)].grad
         assert torch.allclose(got, want, rtol=1e-3, atol=1e-7), n
-    assert any(inner[meta.lr_key(n)].grad.abs() > 1e-6 for n in names)
+    assert any(inner[key(n)].grad.abs() > 1e-6 for n in names)
 
 
 def test_learned_step_sizes_are_logged_checkpointed_and_resumed(data_dir, tmp_path):
@@ -395,7 +406,7 @@ def test_learned_step_sizes_are_logged_checkpointed_and_resumed(data_dir, tmp_pa
     run_train(data_dir, tmp_path / "half", "--max-steps", 5, "--decay-steps", 10, "--eval-every", 5, *common)
     resumed = run_train(data_dir, tmp_path / "half", "--resume", "--max-steps", 10)
     first, last = full[0]["inner_lrs"], full[-1]["inner_lrs"]
-    assert set(first) == {"head.w", "head.b", *meta.adapted_names(Transformer(preset("11m", 256, 32)), "top-1")}
+    assert set(first) == {"head.w", "head.b", *meta.adapted_names(Transformer(preset("11m", 256, 32)), fomaml("top-1"))}
     assert all(v == pytest.approx(0.1) for v in first.values())  # TINY's --inner-lr
     assert any(abs(last[k] - first[k]) > 1e-4 for k in last)  # the outer optimiser moved them
     assert resumed[-1]["inner_lrs"] == last and resumed[-1]["meta_loss"] == full[-1]["meta_loss"]

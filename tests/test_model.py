@@ -7,9 +7,10 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-import accounting
+from plumbing import accounting
 import model
-from accounting import count_params
+from plumbing import linear_ce
+from plumbing.accounting import count_params
 from model import ModelArgs, Transformer, preset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,7 +42,7 @@ def test_built_model_has_the_counted_parameters():
 
 
 def test_accounting_py_prints_one_line_per_preset(capsys):
-    runpy.run_path(str(ROOT / "accounting.py"), run_name="__main__")  # python accounting.py, without a new interpreter
+    runpy.run_path(str(ROOT / "plumbing" / "accounting.py"), run_name="__main__")  # python -m plumbing.accounting, in-process
     out = capsys.readouterr().out
     lines = out.strip().splitlines()
     assert len(lines) == 4
@@ -157,14 +158,14 @@ def test_linear_cross_entropy_equals_cross_entropy_of_the_logits():
     ref = F.cross_entropy(x @ w.t(), y, ignore_index=-1)
     ref_g = torch.autograd.grad(ref, (x, w))
     for rows in (5, 37, 128):  # chunks of 5 rows (the last one 2), one chunk, one short chunk
-        loss = model.linear_cross_entropy(x, w, y, chunk_floats=64 * rows, min_rows=1)
+        loss = linear_ce.linear_cross_entropy(x, w, y, chunk_floats=64 * rows, min_rows=1)
         assert torch.allclose(loss, ref, atol=1e-6)
         for got, want in zip(torch.autograd.grad(2 * loss, (x, w)), ref_g):  # backward scales by the upstream grad
             assert torch.allclose(got, 2 * want, atol=1e-6)
-    none = model.linear_cross_entropy(x, w, torch.full((37,), -1))
+    none = linear_ce.linear_cross_entropy(x, w, torch.full((37,), -1))
     assert none.item() == 0 and all((g == 0).all() for g in torch.autograd.grad(none, (x, w)))
     with torch.no_grad():  # evaluation: the same loss, no gradients formed
-        assert torch.allclose(model.linear_cross_entropy(x, w, y), ref, atol=1e-6)
+        assert torch.allclose(linear_ce.linear_cross_entropy(x, w, y), ref, atol=1e-6)
 
 
 def test_the_gpu_chunking_run_on_a_cpu_equals_cross_entropy_of_the_full_logits():
@@ -173,12 +174,12 @@ def test_the_gpu_chunking_run_on_a_cpu_equals_cross_entropy_of_the_full_logits()
     Equal up to float32 rounding. The gradient of x sums 100,352 terms that cancel: against a
     float64 reference both this and F.cross_entropy are off by about 2e-4 of its largest entry."""
     V = model.pad_vocab(model.CL100K_VOCAB)
-    rows = model.CHUNK_FLOATS["cuda"] // V
+    rows = linear_ce.CHUNK_FLOATS["cuda"] // V
     torch.manual_seed(0)
     x, w = torch.randn(rows + 13, 4, requires_grad=True), torch.randn(V, 4, requires_grad=True)
     y = torch.randint(0, V, (rows + 13,))
     y[[5, rows + 2]] = -1
-    ours = model.linear_cross_entropy(x, w, y, chunk_floats=model.CHUNK_FLOATS["cuda"])
+    ours = linear_ce.linear_cross_entropy(x, w, y, chunk_floats=linear_ce.CHUNK_FLOATS["cuda"])
     gx, gw = torch.autograd.grad(ours, (x, w))
     ref = F.cross_entropy(x @ w.t(), y, ignore_index=-1)
     assert torch.allclose(ours, ref, rtol=1e-6, atol=0)

@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-import checkpoint
-import config
-import compare
+from plumbing import checkpoint
+from plumbing import config
+from tools import compare
 import data
 import eval_ner
-import inspect_episodes
-from config import UserError
+from tools import inspect_episodes
+from plumbing.errors import UserError
 from conftest import TINY, run_train
 
 ROOT = Path(__file__).resolve().parents[1]

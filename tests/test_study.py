@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-import study
+from tools import study
 import train
 from conftest import TINY
 

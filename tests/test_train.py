@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-import config
+from plumbing import config
 import train
 from conftest import TINY, run_train
 

@@ -2,9 +2,9 @@
 One command for a study: arms x seeds of train.py runs, the NER probe on each final checkpoint,
 and compare.py over all of them into one report.
 
-    python study.py --data-dir data/enwiki8k --arms vanilla,smlmt,pico --seeds 1,2,3 --tokens 1.2e6 \
+    python -m tools.study --data-dir data/enwiki8k --arms vanilla,smlmt,pico --seeds 1,2,3 --tokens 1.2e6 \
         --out runs/study -- --size 11m --device cpu --batch-size 16 --block-size 128 --lr 2e-3 --warmup-steps 30
-    python study.py ... --plan --budget-min 60        # the runs, their estimated time, what fits
+    python -m tools.study ... --plan --budget-min 60        # the runs, their estimated time, what fits
 
 Flags after `--` go to every train.py run. An arm is a named flag set (ARMS below, or
 --arm NAME="FLAGS", repeatable). Runs go seed-major (seed 1 of every arm, then seed 2, ...), so
@@ -21,12 +21,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import bench
-import compare
-import config
+from tools import bench
+from tools import compare
+from plumbing import config
 import eval_ner
 import train
-from config import UserError
+from plumbing.errors import UserError
 
 ARMS = {"vanilla": [], "smlmt": ["--meta"], "pico": ["--meta", "--task", "pico"], "lm": ["--meta", "--task", "lm"]}
 

@@ -11,7 +11,7 @@ import traceback
 import torch
 import torch.distributed as dist
 
-from config import UserError
+from plumbing.errors import UserError
 
 
 def setup(device):

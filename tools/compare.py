@@ -1,9 +1,9 @@
 """
 Compare training runs side by side: does meta-learning help?
 
-    python compare.py out/vanilla out/meta --ner r_vanilla.json,r_meta.json --out report.md
-    python compare.py out/v-s1 out/v-s2 out/v-s3 out/m-s1 out/m-s2 out/m-s3   # arms of 3 seeds
-    python compare.py --arm vanilla=out/v1,out/v2 --arm meta=out/m1,out/m2
+    python -m tools.compare out/vanilla out/meta --ner r_vanilla.json,r_meta.json --out report.md
+    python -m tools.compare out/v-s1 out/v-s2 out/v-s3 out/m-s1 out/m-s2 out/m-s3   # arms of 3 seeds
+    python -m tools.compare --arm vanilla=out/v1,out/v2 --arm meta=out/m1,out/m2
 
 For each target val loss: the step, tokens, FLOPs and seconds at which each run first reached
 it (linear interpolation between evals; never extrapolated), and the speedup against the first
@@ -26,9 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-import arms as armslib
-from arms import crossing, group_arms, save
-from config import UserError
+from tools import arms as armslib
+from tools.arms import crossing, group_arms, save
+from plumbing.errors import UserError
 from data import fingerprint
 
 

@@ -1,8 +1,8 @@
 """
 Look at the episodes before training on them, and score a checkpoint on the fixed val episodes.
 
-    python inspect_episodes.py --data-dir data/enwiki8k --batch-size 16 --block-size 128   # two decoded episodes
-    python inspect_episodes.py --data-dir data/enwiki8k --batch-size 16 --block-size 128 \
+    python -m tools.inspect_episodes --data-dir data/enwiki8k --batch-size 16 --block-size 128   # two episodes
+    python -m tools.inspect_episodes --data-dir data/enwiki8k --batch-size 16 --block-size 128 \
         --score --ckpt out/v600/ckpt.pt --sweep-params head,top-1 --sweep-lr 0.3,1,3       # inner-loop sweep
 
 The episode flags are train.py's (config.add_meta_args), so an episode printed here is the
@@ -15,12 +15,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import checkpoint
-import config
+from plumbing import checkpoint
+from plumbing import config
 import data as datalib
+import learners
 import meta
 import tasks
-from config import UserError
+from plumbing.errors import UserError
 from model import Transformer, preset
 
 
@@ -29,7 +30,7 @@ def parse(argv=None):
                                 allow_abbrev=False)
     p.add_argument("--data-dir", required=True, help="prepared by data.py")
     p.add_argument("--seed", type=int, default=1337, help="the training run's seed (its episode stream)")
-    p.add_argument("--task", default="smlmt", choices=list(config.TASK_DEFAULTS), help="episode kind (see tasks/)")
+    p.add_argument("--task", default="smlmt", choices=tasks.names(), help="episode kind: tasks/NAME.py")
     p.add_argument("--batch-size", type=int, default=32, help="as in train.py (sets the smlmt default --n-way)")
     p.add_argument("--block-size", type=int, default=512, help="as in train.py (pico rows)")
     p.add_argument("--episodes", type=int, default=100, help="episodes to check")
@@ -67,67 +68,31 @@ def inspect(a):
         ep = task.episode("train", np.random.default_rng([a.seed, datalib.STREAM_META, i]))
         if i < 2:
             print(f"\n== training episode {i}")
-            show(task, ep)
-        g, m = check(task, ep)
+            task.show(ep)
+        g, m = task.verify(ep)
         good, n = good + g, n + m
-    if a.task == "pico":
-        print(f"\nlabels that name their own token (the others are {'ignored' if a.pico_drop_outside else 'class 0'}): "
-              f"{good}/{n} over {a.episodes} episodes")
-    elif a.task == "smlmt":
-        print(f"\nmasked word present in {good}/{n} windows")
-
-
-def check(task, ep, split="train"):
-    """(windows whose masked word is really there, windows): for smlmt, the corpus token at each
-    window's recorded position is the class word and the window shows a mask there; for pico,
-    the labels that name their true token (not clamped to class 0 or ignored)."""
-    a = task.a
-    if a.task == "pico":
-        ys, ts = np.concatenate([ep["ys"], ep["yq"]]), np.concatenate([ep["targets_s"], ep["targets_q"]])
-        return int(sum(y >= 0 and ep["classes"][y] == t for y, t in zip(ys, ts))), len(ys)
-    if a.task == "lm":
-        return 0, 0
-    tokens, types = task.splits[split], ep["types"]
-    good = n = 0
-    for x, y, p, s in ((ep["xs"], ep["ys"], ep["ps"], ep["starts_s"]), (ep["xq"], ep["yq"], ep["pq"], ep["starts_q"])):
-        cls = {int(l): c for c, l in enumerate(ep["ys"][:: a.k_shot])}  # label -> class slot (types order)
-        for xi, yi, pi, si in zip(x, y, p, s):
-            good += int(xi[pi] == task.tok.mask and tokens[si + pi] == types[cls[int(yi)]])
-            n += 1
-    return good, n
-
-
-def show(task, ep):
-    a, dec = task.a, lambda ids: task.tok.decode(ids).replace("\n", " ")
-    if a.task == "pico":
-        words = [dec([t]) for t in ep["classes"]]
-        print(f"classes ({len(words)}): {words}\nsupport positions {ep['ps'].tolist()}, query position {ep['pq'].tolist()}")
-        for b, row in enumerate(ep["xs"][:4]):
-            ys = ep["ys"][b * a.k_shot : (b + 1) * a.k_shot]
-            print(f"  row {b}: {dec(row)!r}\n    support labels {ys.tolist()}, query label {int(ep['yq'][b])}")
-        return
-    if a.task == "lm":
-        for role, x in (("support", ep["xs"]), ("query", ep["xq"])):
-            print(f"{role}:" + "".join(f"\n    {dec(s)!r}" for s in x))
-        return
-    for c, t in enumerate(ep["types"]):
-        label = int(ep["ys"][c * a.k_shot])
-        print(f"class {label}: {dec([t])!r}")
-        for x in np.concatenate([ep["xs"][c * a.k_shot : (c + 1) * a.k_shot], ep["xq"][c * a.n_query : (c + 1) * a.n_query]]):
-            print(f"    {dec(x)!r}")
+    if n:  # what the task's verify checks (tasks/NAME.py)
+        print(f"\n{task.VERIFIES} {good}/{n} over {a.episodes} episodes")
 
 
 def score(a, task, dmeta):
     torch.manual_seed(a.seed)
     ckpt = checkpoint.load(a.ckpt, fallback=False) if a.ckpt else None
-    model = checkpoint.build_model(ckpt) if ckpt else Transformer(
-        preset("11m", dmeta["vocab_size"], a.block_size, a.tarp or "", a.inner_rank if a.tarp else 0, a.tams))
+    learner = learners.make(a)
+    if ckpt:
+        model = checkpoint.build_model(ckpt)
+    else:
+        model = Transformer(preset("11m", dmeta["vocab_size"], a.block_size))
+        learner.change_model(model)
     head = task.make_head(model.args.d_model, model.args.vocab_size)
     if ckpt and ckpt.get("config", {}).get("task") == a.task and "meta_head" in ckpt:
         head.load_state_dict(ckpt["meta_head"])  # the trained temperature / pico MLP
-    inner = meta.make_inner_lrs(a, meta.fast_names(model, head, task, a)) if ckpt and ckpt.get("inner_lrs") else {}
-    if inner and ckpt["inner_lrs"].keys() == inner.state_dict().keys():
-        inner.load_state_dict(ckpt["inner_lrs"])  # the learned step sizes
+    names, inner = [], {}
+    if ckpt and ckpt.get("inner_lrs"):  # the learned step sizes (with --learn-inner-lr), kept for every sweep row
+        names = learner.fast_names(model, meta.adapted_names(model, learner)) + task.head_names(head)
+        inner = learner.learned(names)
+        if ckpt["inner_lrs"].keys() == inner.state_dict().keys():
+            inner.load_state_dict(ckpt["inner_lrs"])
     episodes = task.val_episodes()
     print(f"{a.ckpt or 'fresh init'} on {len(episodes)} val episodes, {a.task}, {a.inner_steps} inner steps:\n")
     # The last two columns: each loss at its best single temperature (an oracle fitted on the query
@@ -138,7 +103,10 @@ def score(a, task, dmeta):
     for spec in (a.sweep_params or a.inner_params).split(","):
         for lr in (a.sweep_lr.split(",") if a.sweep_lr else [a.inner_lr]):
             b = config.check(argparse.Namespace(**{**vars(a), "inner_params": spec, "inner_lr": float(lr)}))
-            r = meta.evaluate(model, head, task, episodes, b, "cpu", torch.autocast("cpu", enabled=False), inner,
+            sweep = learners.make(b)
+            if inner:
+                sweep.learned(names).load_state_dict(inner.state_dict())
+            r = meta.evaluate(model, head, task, episodes, sweep, "cpu", torch.autocast("cpu", enabled=False),
                               temperature=True)
             lb, la = r["episode_loss_before"], r["episode_loss_after"]
             print(f"| {spec} | {'learned' if inner else lr} | {r['episode_acc_before']:.3f} -> {r['episode_acc_after']:.3f} "

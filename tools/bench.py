@@ -4,12 +4,12 @@ their ratio, with an optimiser step included in both. Numbers, not a test. The L
 is set against this machine's own limit: a large matmul timed in the same run, in float32 and
 bfloat16 ("of matmul peak"); on a GPU with a known datasheet peak, MFU too.
 
-    python bench.py --data-dir data/enwiki8k --batch-size 16 --block-size 128   # the CPU recipe's shapes
-    python bench.py --data-dir data/enwiki8k --device cuda --dtype bfloat16 --compile
-    python bench.py ... --json                               # one JSON object instead of the lines
-    python bench.py ... --learners                           # meta step ms and memory per inner loop / outer rule
-    python bench.py ... --size 11m,65m,181m --json           # each size in a fresh process, one JSON line each
-    python bench.py ... --cross-entropy                      # the LM loss alone: chunk sizes against full logits
+    python -m tools.bench --data-dir data/enwiki8k --batch-size 16 --block-size 128   # the CPU recipe's shapes
+    python -m tools.bench --data-dir data/enwiki8k --device cuda --dtype bfloat16 --compile
+    python -m tools.bench ... --json                               # one JSON object instead of the lines
+    python -m tools.bench ... --learners                           # meta step ms and memory per inner loop / outer rule
+    python -m tools.bench ... --size 11m,65m,181m --json           # each size in a fresh process, one JSON line each
+    python -m tools.bench ... --cross-entropy                      # the LM loss alone: chunk sizes against full logits
 
 The steps timed are train.py's own (train.train_step, on a run built by train.setup). The
 default smlmt episode takes as many classes as make one LM batch of tokens (21-way x (8 + 4)
@@ -22,16 +22,19 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-import config
-import meta as metalib
+from plumbing import config
 import train
-from accounting import count_params
-from model import linear_cross_entropy
+from plumbing.accounting import count_model, peak_flops
+from plumbing.errors import UserError
+from plumbing.linear_ce import linear_cross_entropy
+
+ROOT = Path(__file__).resolve().parents[1]  # the repository: a size runs as python -m tools.bench there
 
 
 def timed(fn, warmup, steps, device):
@@ -101,8 +104,8 @@ def learners(argv, as_json):
     and the memory the meta steps add (CUDA: peak allocated; CPU: peak RSS growth)."""
     rows = {}
     for name, flags in LEARNERS.items():
-        cmd = [sys.executable, __file__, *argv, *flags, "--meta-only", "--json"]
-        r = subprocess.run(cmd, capture_output=True, text=True)
+        cmd = [sys.executable, "-m", "tools.bench", *argv, *flags, "--meta-only", "--json"]
+        r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
         if r.returncode != 0:
             sys.exit(f"bench.py: error: --learners {name!r} failed: {r.stderr.strip().splitlines()[-1]}")
         rows[name] = json.loads(r.stdout.strip().splitlines()[-1])
@@ -119,7 +122,7 @@ def learners(argv, as_json):
 def main():
     try:
         run_bench()
-    except config.UserError as e:
+    except UserError as e:
         sys.exit(f"bench.py: error: {e}")
 
 
@@ -159,8 +162,8 @@ def sizes(names, as_json):
     argv = sys.argv[1:]
     at = argv.index("--size")
     for name in names:
-        cmd = [sys.executable, __file__, *argv[:at], "--size", name, *argv[at + 2:]]
-        r = subprocess.run(cmd, capture_output=as_json, text=True)
+        cmd = [sys.executable, "-m", "tools.bench", *argv[:at], "--size", name, *argv[at + 2:]]
+        r = subprocess.run(cmd, capture_output=as_json, text=True, cwd=ROOT)
         if r.returncode != 0:
             sys.exit(f"bench.py: error: --size {name} failed" + (f": {r.stderr.strip().splitlines()[-1]}" if as_json else ""))
         if as_json:
@@ -169,7 +172,7 @@ def sizes(names, as_json):
 
 def cross_entropy(b, a, run):
     """ms and peak memory of the LM loss alone (the last layer's output -> loss -> gradients of
-    it and of the embedding), at the run's batch: model.linear_cross_entropy at several chunk
+    it and of the embedding), at the run's batch: plumbing.linear_ce.linear_cross_entropy at several chunk
     sizes, and F.cross_entropy over the full logits, which a GPU may run faster where they fit."""
     m, n = run.model, a.batch_size * a.block_size
     x = torch.randn(n, m.args.d_model, device=b.device, requires_grad=True)
@@ -207,11 +210,12 @@ def measure(b, a, run):
         pos[kind] += 1
 
     lm_step, meta_step = (lambda: step("lm")), (lambda: step("meta"))
-    margs, episodes = run.margs, run.task
+    margs, episodes = run.model.args, run.task
     if b.meta_only:
         return print(json.dumps(meta_only(b, meta_step, episodes)))
-    total, non_emb = count_params(margs)
-    lm_tokens, lm_flops, peak = run.lm_tokens, run.lm_flops, run.peak  # as train.py counts them
+    total, non_emb = count_model(run.model)
+    lm_tokens = a.batch_size * a.block_size * a.grad_accum
+    lm_flops, peak = run.flops["lm"], peak_flops(run.device)  # as train.py counts them
     mm = {d: matmul_flops(b.device, getattr(torch, d)) for d in ("float32", "bfloat16")}
     lm_ms = timed(lm_step, b.warmup, b.steps, b.device)
     meta_ms = timed(meta_step, b.warmup, b.steps, b.device)
@@ -236,7 +240,7 @@ def measure(b, a, run):
     print(f"LM   step {lm_ms:9.1f} ms  {r['lm_tok_s']:10,.0f} tok/s  {lm_flops:.3g} FLOPs  "
           f"{r['lm_flops_per_s'] / 1e9:.0f} GFLOP/s = {r['of_matmul_peak']:.0%} of {b.dtype} matmul peak")
     print(f"meta step {meta_ms:9.1f} ms  {episodes.tokens_per_episode() / meta_ms * 1000:10,.0f} tok/s  "
-          f"{metalib.step_flops(a, margs):.3g} FLOPs (counted on whole windows)")
+          f"{run.flops['meta']:.3g} FLOPs (counted on whole windows)")
     print(f"meta / LM = {meta_ms / lm_ms:.2f}")
     if peak:
         print(f"LM MFU {r['mfu']:.1%} of {peak:.3g} FLOP/s (datasheet)")

@@ -14,6 +14,7 @@ Checkpoints you can trust, and logs that agree with them after a kill.
   rows past the checkpoint are exactly those the resumed run will write again.
 """
 import argparse
+import dataclasses
 import json
 import random
 import sys
@@ -23,7 +24,9 @@ import numpy as np
 import torch
 
 import data as datalib
-from config import UserError, check
+import learners
+from plumbing.config import check
+from plumbing.errors import UserError
 from model import ModelArgs, Transformer
 
 
@@ -105,8 +108,11 @@ def set_rng_state(s):
 
 
 def build_model(ckpt, device="cpu"):
-    """The decoder a checkpoint holds: its shape from model_args, its weights loaded."""
-    model = Transformer(ModelArgs(**ckpt["model_args"]))
+    """The decoder a checkpoint holds: its shape from model_args, the changes its run's variants
+    made (learners/: TARP's matrices, TAMS's ops), its weights loaded."""
+    fields = {f.name for f in dataclasses.fields(ModelArgs)}  # older checkpoints also kept variant flags here
+    model = Transformer(ModelArgs(**{k: v for k, v in ckpt["model_args"].items() if k in fields}))
+    learners.make(argparse.Namespace(**ckpt["config"])).change_model(model)
     model.load_state_dict(ckpt["model"])
     return model.to(device)
 

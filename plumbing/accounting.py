@@ -1,12 +1,13 @@
 """
 Accounting: a decoder's parameter and FLOP counts from its ModelArgs alone (no model is built),
-and the peak FLOP/s of the GPU it runs on, for MFU. Beside the model, not in it.
+or from a built one (whose variants may have added weights: learners/), and the peak FLOP/s of
+the GPU it runs on, for MFU. Beside the model, not in it.
 
     python accounting.py      # the parameter count of every preset (full cl100k vocabulary)
 """
 import torch
 
-from model import PRESETS, TAMS_RANK, ModelArgs, preset
+from model import PRESETS, ModelArgs, preset
 
 
 def count_params(a: ModelArgs):
@@ -15,24 +16,24 @@ def count_params(a: ModelArgs):
     attn = a.d_model * hd * (2 * a.n_head + 2 * a.n_kv_head)  # q, o + k, v
     mlp = 3 * a.d_model * a.hidden_dim
     per_layer = attn + mlp + 2 * a.d_model  # + two RMSNorm weights
-    if a.tarp:  # U, V and S (or W_S) of the 7 matrices
-        r, d, dk, h = a.tarp_rank, a.d_model, a.n_kv_head * hd, a.hidden_dim
-        shapes = [(d, a.n_head * hd), (d, dk), (d, dk), (a.n_head * hd, d), (d, h), (d, h), (h, d)]
-        per_layer += sum((i + o) * r + (r * r * i if a.tarp == "dynamic" else r * r) for i, o in shapes)
-    if a.tams:  # each block's low-rank op, and the controller d -> 128 -> 3 per block (with biases)
-        per_layer += 2 * a.d_model * TAMS_RANK
     embedding = a.vocab_size * a.d_model  # tied, so counted once
     non_embedding = a.n_layer * per_layer + a.d_model  # + final norm
-    if a.tams:
-        non_embedding += (a.d_model + 1) * 128 + 129 * 3 * a.n_layer
     return embedding + non_embedding, non_embedding
 
 
-def flops_per_token(a: ModelArgs, T, backward=True, lm_head=True):
+def count_model(model):
+    """(total, non-embedding) parameters of a built decoder, a variant's added weights included
+    (TARP's shifts, TAMS's ops and controller); the tied embedding counted once."""
+    total = sum(p.numel() for p in model.parameters())
+    return total, total - model.tok_emb.weight.numel()
+
+
+def flops_per_token(a: ModelArgs, T, backward=True, lm_head=True, non_emb=None):
     """Matmul FLOPs per token for a sequence of length T (the PaLM / nanoGPT estimate):
     2 FLOPs per parameter per token forward (x3 with backward), plus attention scores
-    and weighted sums (2 * 2 * n_layer * d_model * T forward, causal masking ignored)."""
-    total, non_emb = count_params(a)
+    and weighted sums (2 * 2 * n_layer * d_model * T forward, causal masking ignored).
+    non_emb: the built model's non-embedding count (count_model), when a variant added weights."""
+    non_emb = count_params(a)[1] if non_emb is None else non_emb
     n = non_emb + (a.vocab_size * a.d_model if lm_head else 0)  # the lookup itself is free
     fwd = 2 * n + 4 * a.n_layer * a.d_model * T
     return 3 * fwd if backward else fwd

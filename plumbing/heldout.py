@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 import data as datalib
-from config import UserError
+from plumbing.errors import UserError
 from model import generate
 
 

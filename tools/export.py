@@ -2,7 +2,7 @@
 Export a train.py checkpoint as a Hugging Face Llama (LlamaForCausalLM), for the tools the field
 uses: transformers, lm-evaluation-harness.
 
-    python export.py --ckpt out/run/ckpt.pt --out hf/run
+    python -m tools.export --ckpt out/run/ckpt.pt --out hf/run
 
 Writes config.json, model.safetensors (written here, no library needed) and README.md (which ids
 are real tokens); for a full-cl100k checkpoint also tokenizer.json and tokenizer_config.json,
@@ -21,9 +21,9 @@ import struct
 import sys
 from pathlib import Path
 
-import checkpoint
+from plumbing import checkpoint
 import data as datalib
-from config import UserError
+from plumbing.errors import UserError
 
 
 def halves(w, n_heads):
@@ -114,7 +114,7 @@ def write_tokenizer(out, dmeta):
 def export(ckpt_path, out, permute=True, tokenizer=True):
     ckpt = checkpoint.load(ckpt_path, fallback=False)
     a, dmeta = ckpt["model_args"], ckpt["data_meta"]
-    if a.get("tarp") or a.get("tams"):
+    if ckpt["config"].get("tarp") or ckpt["config"].get("tams"):
         raise UserError(f"--ckpt {ckpt_path}: a --tarp or --tams model is no Llama (extra weights in every block); "
                         "export a checkpoint trained without them")
     out = Path(out)

@@ -1,0 +1,69 @@
+"""
+The variants of FOMAML, one file each: learners/NAME.py holds one subclass of meta.Learner
+that overrides the hooks it fills (and lists them in HOOKS), declares its flags (add_flags),
+says when the flags select it (active) and checks them (check). meta.py never names one: the
+run gets them through make(a), composed into one meta.Learners. A reader who skips this folder
+has read a complete FOMAML.
+
+    metasgd.py   step_size            first-order Meta-SGD: a learned step size per tensor
+    adamw.py     direction, units     an AdamW inner loop
+    lowrank.py   reparam, fast_names  the inner loop adapts low-rank deltas of the matrices
+    tarp.py      change_model, ...    Meta-Learning the Difference's TARP: shifted matrices
+    tams.py      change_model, ...    Meta-Learning the Difference's TAMS: a choice of ops per episode
+    reptile.py   outer, flops         Reptile's outer rule
+
+A new variant is one new file here: the flags, the checks and tests/test_contract.py find it.
+"""
+import importlib
+import inspect
+from pathlib import Path
+
+from meta import SINGLE, Learner, Learners
+from plumbing.errors import UserError
+
+
+def names():
+    """Every variant in this folder, by file name, in the order their model changes are made."""
+    found = [p.stem for p in Path(__file__).parent.glob("*.py") if p.stem != "__init__"]
+    return sorted(found, key=lambda n: (get(n).ORDER, n))
+
+
+def get(name):
+    """The Learner subclass learners/NAME.py defines."""
+    module = importlib.import_module(f"learners.{name}")
+    found = [c for c in vars(module).values()
+             if inspect.isclass(c) and issubclass(c, Learner) and c is not Learner and c.__module__ == module.__name__]
+    if len(found) != 1:
+        raise TypeError(f"learners/{name}.py must define exactly one subclass of meta.Learner (found {len(found)})")
+    return found[0]
+
+
+def add_flags(p):
+    for n in names():
+        cls = get(n)
+        cls.add_flags(p.add_argument_group(f"learner {n}: {cls.__doc__.strip().splitlines()[0]}"))
+
+
+def check(a):
+    """Each variant checks its own flags; two selected variants may not fill the same hook."""
+    for n in names():
+        get(n).check(a)
+    chosen = [get(n) for n in names() if get(n).active(a)]
+    for hook in SINGLE:
+        fill = [c for c in chosen if hook in c.HOOKS]
+        if len(fill) > 1:
+            raise UserError(f"{' and '.join(c.__name__ for c in fill)} both set the inner loop's {hook}; choose one")
+
+
+def defaults(a):
+    """Defaults the selected variants give shared flags (AdamW's inner step size)."""
+    out = {}
+    for n in names():
+        if get(n).active(a):
+            out |= get(n).DEFAULTS
+    return out
+
+
+def make(a):
+    """The run's learner: FOMAML with the variants the flags select."""
+    return Learners(a, [get(n)(a) for n in names() if get(n).active(a)])
