@@ -23,8 +23,10 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
+from plumbing.tensors import host_to
 from plumbing.errors import UserError
 
 TINYSTORIES = [  # the GPT-4 generated V2 split from the dataset's public page
@@ -49,6 +51,17 @@ N_RESERVED = 3  # trimmed vocabularies: 0 = end-of-text, 1 = unknown, 2 = mask (
 # reproducible and resumable, and a meta run sees exactly the LM batches of the vanilla run.
 STREAM_LM, STREAM_VAL, STREAM_COIN, STREAM_META, STREAM_PROBE, STREAM_VAL_EPISODES = 0, 1, 2, 3, 4, 5
 VAL_SEED = 1234  # the val batches and val episodes are the same for every run, whatever its --seed
+
+
+def get_batch(tokens, B, T, seed, stream, pos, device, micro=0, n_micro=1):
+    """Micro-batch `micro` of `n_micro` of batch number `pos` of a stream: B random windows of T+1
+    tokens, inputs and shifted targets. The n_micro micro-batches together are the one batch of
+    B * n_micro windows drawn at `pos`, so accumulation and ranks split a batch, not change it."""
+    rng = np.random.default_rng([seed, stream, pos])
+    starts = rng.integers(0, len(tokens) - T - 1, size=B * n_micro)[micro * B : (micro + 1) * B]
+    xy = torch.from_numpy(np.stack([tokens[s : s + T + 1].astype(np.int64) for s in starts]))  # (B, T+1)
+    xy = host_to(xy, device)
+    return xy[:, :-1], xy[:, 1:]  # (B, T) each
 
 
 # ----------------------------------------------------------------------------- tokenizer

@@ -26,14 +26,14 @@ in learners/ overrides the ones it fills, and Learners composes those the flags 
   outer          the outer rule                                (default: FOMAML's query loss)
 A reader who never opens learners/ has read the whole algorithm.
 """
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 
 import numpy as np
 import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from tasks.base import accuracy, ce, to_device
+from plumbing.tensors import accuracy, ce, to_device
 
 # ----------------------------------------------------------------------------- the algorithm
 
@@ -185,59 +185,6 @@ class Learner:
         return {}, ""
 
 
-CHAINED = ("change_model", "adaptable", "episode", "observe", "report")  # every active variant's, in turn
-SINGLE = ("reparam", "fast_names", "learned", "step_size", "units", "direction", "outer", "flops")  # one variant's
-
-
-class Learners(Learner):
-    """The active variants as one Learner: a hook that one of them overrides is its; the hooks
-    that change the model, which weights adapt, the episode and the eval report are
-    chained through all of them, in the order given. Two variants never fill the same other
-    hook (learners.check refuses such flags). The FOMAML run has none."""
-
-    def __init__(self, a, active):
-        super().__init__(a)
-        self.active = list(active)
-        for v in self.active:
-            v.owner = self  # a variant's hook may call the others' (Reptile runs the whole inner loop)
-        for hook in SINGLE:
-            mine = [v for v in self.active if overrides(type(v), hook)]
-            if mine:
-                setattr(self, hook, getattr(mine[0], hook))
-
-    def change_model(self, model):
-        for v in self.active:
-            v.change_model(model)
-
-    def adaptable(self, model, names):
-        for v in self.active:
-            names = v.adaptable(model, names)
-        return names
-
-    @contextmanager
-    def episode(self, model, ep):
-        with ExitStack() as stack:
-            for v in self.active:
-                ep = stack.enter_context(v.episode(model, ep))
-            yield ep
-
-    def observe(self, ep):
-        for v in self.active:
-            v.observe(ep)
-
-    def report(self):
-        row, line = {}, []
-        for v in self.active:
-            r, text = v.report()
-            row |= r
-            line += [text] if text else []
-        return row, "; ".join(line)
-
-
-def overrides(cls, hook):
-    return getattr(cls, hook) is not getattr(Learner, hook)
-
-
 # ----------------------------------------------------------------------------- accounting and evaluation
 
 def step_flops(task, learner, flops):
@@ -246,22 +193,12 @@ def step_flops(task, learner, flops):
     return learner.flops(task.flops_per_episode(flops))
 
 
-def best_temperature(pairs):
-    """(query loss, T) at the single temperature T that minimises the mean query loss of
-    T * logits over the episodes (an oracle, fitted on the query labels). A diagnostic: an
-    inner loop whose "after" loses to "before at its best T" did nothing a temperature could not."""
-    grid = np.exp(np.linspace(-2, 2, 161))  # T from 0.14 to 7.4, steps of 2.5%
-    losses = [np.mean([ce(t * logits, y).item() for logits, y in pairs]) for t in grid]
-    return float(min(losses)), float(grid[int(np.argmin(losses))])
-
-
 @torch.no_grad()
-def evaluate(model, head, task, episodes, learner, device, ctx, temperature=False):
-    """Query accuracy and loss on fixed episodes before and after the inner loop; with
-    temperature, also each one's loss at its best single temperature (best_temperature)."""
+def evaluate(model, head, task, episodes, learner, device, ctx, pairs=None):
+    """Query accuracy and loss on fixed episodes before and after the inner loop. pairs, a dict of
+    two lists, receives each episode's query (logits, targets) "before" and "after"."""
     names = adapted_names(model, learner)
     out = {"acc_before": [], "acc_after": [], "loss_before": [], "loss_after": []}
-    pairs = {"before": [], "after": []}
     for ep in tqdm(episodes, desc="val episodes", leave=False, disable=None):
         with learner.episode(model, to_device(ep, device)) as ep, ctx:
             learner.observe(ep)
@@ -272,10 +209,6 @@ def evaluate(model, head, task, episodes, learner, device, ctx, temperature=Fals
                 logits, y = task.query(model, f, ep)
                 out[f"acc_{when}"].append(accuracy(logits, y).item())
                 out[f"loss_{when}"].append(ce(logits, y).item())
-                if temperature:
+                if pairs is not None:
                     pairs[when].append((logits.float(), y))
-    r = {f"episode_{k}": float(np.mean(v)) if v else None for k, v in out.items()}
-    for when, p in pairs.items():
-        if p:
-            r[f"episode_loss_{when}_best_t"], r[f"episode_t_{when}"] = best_temperature(p)
-    return r
+    return {f"episode_{k}": float(np.mean(v)) if v else None for k, v in out.items()}

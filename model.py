@@ -205,19 +205,3 @@ class Transformer(nn.Module):
         without the (N, V) logits ever existing at once (linear_cross_entropy): at the paper's
         batch of 256 x 512 and cl100k's 100,352 ids they would be 13G floats."""
         return linear_cross_entropy(x, self.lm_head.weight, y)
-
-
-@torch.no_grad()
-def generate(model, idx, n, temperature=0.8, top_k=50, generator=None, vocab_size=None):
-    """Append n sampled tokens to idx (B, T). Each step runs the model on the last block_size
-    tokens and samples from the last position's softmax at `temperature`, among the top_k most
-    likely ids below vocab_size (the padded ids above it are never real tokens). No key/value
-    cache: at these sizes recomputing is cheap, and the code stays the forward pass."""
-    for _ in range(n):
-        logits = model(idx[:, -model.args.block_size:])[:, -1, :vocab_size].float() / temperature  # (B, V)
-        if top_k:
-            kth = logits.topk(min(top_k, logits.size(-1))).values[:, -1:]  # (B, 1)
-            logits = logits.masked_fill(logits < kth, float("-inf"))
-        nxt = torch.multinomial(logits.softmax(-1), 1, generator=generator)  # (B, 1)
-        idx = torch.cat([idx, nxt], dim=1)
-    return idx

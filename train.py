@@ -3,11 +3,9 @@ Pretrain a Llama-style decoder with next-token prediction, optionally mixed with
 MAML episodes (--meta), on one GPU or CPU, or on several under torchrun (DDP). No Trainer
 class: the loop is loop() below, one screen, top to bottom.
 
-    python train.py --meta --size 11m    # the main job: on a GPU the paper's shapes on TinyStories; on a
-                                         # CPU the CPU recipe (--recipe) on the embedded corpus, minutes
+    python train.py --meta --size 11m    # on a GPU the paper's shapes on TinyStories; on a CPU the CPU
+                                         # recipe (--recipe) on the embedded corpus, minutes
     python train.py --size 11m           # the same without meta steps
-    python train.py --data-dir data/enwiki8k --out-dir out/vanilla --size 11m --device cpu \
-        --max-steps 300 --batch-size 16 --block-size 128 --lr 2e-3 --warmup-steps 30 --eval-every 25
     torchrun --standalone --nproc_per_node 4 train.py --meta --size 65m --batch-size 8 --grad-accum 8
 
 Batches are pure functions of (seed, position): the LM stream, the val batches, the meta coin
@@ -18,12 +16,11 @@ episodes); rank r takes micro-batches r*N .. r*N+N-1 (N = --grad-accum): 2 ranks
 1 rank x 2 sees.
 """
 import argparse
-import json
 import math
 import shlex
 import sys
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,23 +33,11 @@ import data as datalib
 import learners
 import meta
 import tasks
-from data import STREAM_COIN, STREAM_LM, STREAM_PROBE, STREAM_VAL, VAL_SEED
+from data import STREAM_COIN, STREAM_LM, get_batch
 from model import Transformer, preset
-from plumbing import checkpoint, config, ddp, heldout, outputs
-from plumbing.accounting import count_model, flops_per_token
+from plumbing import accounting, checkpoint, config, ddp, outputs
 from plumbing.errors import UserError
-from tasks.base import host_to, use_compile
-
-
-def get_batch(tokens, B, T, seed, stream, pos, device, micro=0, n_micro=1):
-    """Micro-batch `micro` of `n_micro` of batch number `pos` of a stream: B random windows of T+1
-    tokens, inputs and shifted targets. The n_micro micro-batches together are the one batch of
-    B * n_micro windows drawn at `pos`, so accumulation and ranks split a batch, not change it."""
-    rng = np.random.default_rng([seed, stream, pos])
-    starts = rng.integers(0, len(tokens) - T - 1, size=B * n_micro)[micro * B : (micro + 1) * B]
-    xy = torch.from_numpy(np.stack([tokens[s : s + T + 1].astype(np.int64) for s in starts]))  # (B, T+1)
-    xy = host_to(xy, device)
-    return xy[:, :-1], xy[:, 1:]  # (B, T) each
+from plumbing.tensors import use_compile
 
 
 def lr_at(step, a):
@@ -71,12 +56,10 @@ class Run:
     rank: int
     world: int
     device: str
-    dtype: str
     ctx: object  # autocast, or nullcontext
-    out: Path
     data: tuple  # (data meta, train tokens, val tokens, tokenizer)
     task: object  # tasks.base.Task, or None: a run with no meta step and no val episode
-    learner: meta.Learner
+    learner: meta.Learner  # FOMAML with the variants the flags select (learners/)
     model: Transformer
     lm_model: nn.Module  # the model, or its compiled form, for LM steps and the val loss
     head: nn.Module  # the episode head (task.make_head)
@@ -86,13 +69,7 @@ class Run:
     meta_opt: object  # a second AdamW for meta steps (--meta-moments separate), or None
     state: dict  # step, lm_pos, meta_pos, tokens, flops, elapsed_s: what the checkpoint keeps
     flops: dict  # FLOPs of one LM and one meta step
-    saved_step: object = None  # the step of the checkpoint on disk
-    dyn_every: int = 0  # steps between dynamics measurements (0: none), the same on every rank
-    dyn: object = None  # dynamics.Recorder on rank 0, or None
-    texts: dict = field(default_factory=dict)  # --eval-text files
-    clock: object = None  # outputs.Clock
-    win: dict = field(default_factory=lambda: {k: [] for k in ("lm_ms", "meta_ms", "lm_loss", "meta_loss",
-                                                               "support_acc", "query_acc")})
+    log: outputs.Log  # what the run writes and prints: log rows, checkpoints, dynamics, the clock
 
 
 # ----------------------------------------------------------------------------- one optimiser step
@@ -154,11 +131,6 @@ def train_step(run, a, kind, pos):
     return loss, stats, tokens, gnorm
 
 
-def diverged(run, what, value, step):
-    raise UserError(f"{what} is {value} at step {step}; {run.out / 'ckpt.pt'} still holds the last good eval. Lower "
-                    "--lr, raise --warmup-steps or use --dtype float32, then --resume")
-
-
 # ----------------------------------------------------------------------------- the loop
 
 def loop(run, a):
@@ -173,133 +145,51 @@ def loop(run, a):
                 g["lr"] = lr
         coin = np.random.default_rng([a.seed, STREAM_COIN, state["step"]]).random()  # the same on every rank
         kind = "meta" if a.meta and coin < a.hybrid_ratio and state["step"] >= a.meta_start else "lm"
-        run.clock.start_step()
+        run.log.start_step()
         loss, stats, tokens, gnorm = train_step(run, a, kind, state[f"{kind}_pos"])
-        dt = run.clock.end_step(state)
+        dt = run.log.end_step(state)
         state[f"{kind}_pos"] += 1
         state["tokens"] += tokens
         state["flops"] += run.flops[kind]
         state["step"] += 1
-        run.win[f"{kind}_ms"].append(1000 * dt)
-        run.win[f"{kind}_loss"].append(loss)
-        for k in ("support_acc", "query_acc"):  # lm episodes have no classes
-            if stats.get(k) is not None:
-                run.win[k].append(stats[k])
-        if state["step"] % a.log_every == 0 or state["step"] == a.max_steps:  # the one host sync of a log interval
-            if not math.isfinite(loss := loss.item()):  # the checkpoint on disk is the last good eval's
-                diverged(run, f"{kind} loss", loss, state["step"])
-            tqdm.write(outputs.step_line(run, kind, loss, lr, gnorm, dt))
-            bar.set_postfix(loss=f"{loss:.3f}", kind=kind)
-        measure = run.dyn_every and state["step"] % run.dyn_every == 0
+        outputs.log_step(run, a, kind, loss, stats, lr, gnorm, dt, bar)  # every --log-every steps, a line
+        measure = run.log.dyn_every and state["step"] % run.log.dyn_every == 0
         ev = state["step"] % a.eval_every == 0 or state["step"] == a.max_steps or (
             a.save_every and state["step"] % a.save_every == 0)
         if measure or ev:  # the other ranks wait, and leave with rank 0's error if it has one
-            ddp.agree(lambda: rank0_work(run, a, measure, ev), run.rank, run.world, "rank0")
+            ddp.agree(lambda: outputs.measure_and_eval(run, a, measure, ev, lr_at(state["step"], a)), run.rank, run.world,
+                      "rank0")
     bar.close()
 
 
 def train(a, rank, world, device, dtype, ctx):
     run = setup(a, rank, world, device, dtype, ctx)
     a, state = run.a, run.state
-    run.clock = outputs.Clock(run, a)
     if not a.resume:  # the initial model's eval, which also times an eval for the estimate
-        run.clock.time_eval(lambda: ddp.agree(lambda: rank0_work(run, a, True, True), rank, world, "rank0"))
+        run.log.time_eval(lambda: ddp.agree(lambda: outputs.measure_and_eval(run, a, True, True, lr_at(0, a)), rank,
+                                              world, "rank0"))
     try:
         loop(run, a)
     except KeyboardInterrupt:
-        if run.saved_step is None:
+        if run.log.saved_step is None:
             raise KeyboardInterrupt from None  # nothing saved yet
-        raise Interrupted(f"interrupted at step {state['step']} of {a.max_steps}; {run.out / 'ckpt.pt'} holds step "
-                          f"{run.saved_step}") from None
+        raise Interrupted(f"interrupted at step {state['step']} of {a.max_steps}; {run.log.out / 'ckpt.pt'} holds step "
+                          f"{run.log.saved_step}") from None
     print(f"done: {state['step']} steps ({state['lm_pos']} LM, {state['meta_pos']} meta), {state['tokens']:,} tokens, "
-          f"{state['flops']:.3g} FLOPs, {state['elapsed_s']:.1f} s; log in {run.out / 'log.jsonl'}")
+          f"{state['flops']:.3g} FLOPs, {state['elapsed_s']:.1f} s; log in {run.log.out / 'log.jsonl'}")
 
 
 class Interrupted(Exception):
     """Ctrl-C during training; the message says what was saved and how to continue."""
 
 
-# ----------------------------------------------------------------------------- evaluation, log, checkpoint
-
-def rank0_work(run, a, measure, ev):
-    """Dynamics before the eval, so that the checkpoint follows both."""
-    if measure and run.dyn:
-        run.dyn.measure(run.model, run.state["step"])
-    if ev:
-        row, lines = evaluate(run, a)
-        with open(run.out / "log.jsonl", "a") as f:  # the row before the checkpoint: on resume, rows past it are cut
-            f.write(json.dumps(row) + "\n")
-        for line in lines:
-            tqdm.write(line)
-        save_checkpoint(run, a)
-        for v in run.win.values():
-            v.clear()
-
-
-@torch.no_grad()
-def val_loss(model, val, a, device, ctx):
-    model.eval()
-    losses = []
-    for i in tqdm(range(a.eval_batches), desc="eval", leave=False, disable=None):
-        x, y = get_batch(val, a.batch_size, a.block_size, VAL_SEED, STREAM_VAL, i, device)
-        with ctx:
-            losses.append(model(x, y).item())
-    model.train()
-    return float(np.mean(losses))
-
-
-def evaluate(run, a):
-    """One log row and the lines printed with it: the window's training means, the val loss, the
-    fixed val episodes before and after the inner loop, held-out text, a sample."""
-    mean = lambda k: float(np.mean([float(v) for v in run.win[k]])) if run.win[k] else None  # reads the steps' tensors
-    s = run.state
-    row = {"step": s["step"], "tokens": s["tokens"], "flops": s["flops"], "elapsed_s": round(s["elapsed_s"], 3),
-           "train_loss": mean("lm_loss"), "val_loss": val_loss(run.lm_model, run.data[2], a, run.device, run.ctx),
-           "lr": lr_at(s["step"], a), "ar_ms": mean("lm_ms"), "meta_ms": mean("meta_ms"),
-           "meta_steps": s["meta_pos"], "lm_steps": s["lm_pos"], "meta_loss": mean("meta_loss"),
-           "support_acc": mean("support_acc"), "query_acc": mean("query_acc")}
-    if not math.isfinite(row["val_loss"]):  # never overwrite the last good checkpoint with a broken model
-        diverged(run, "val loss", row["val_loss"], s["step"])
-    lines = [f"eval step {row['step']}: val loss {row['val_loss']:.4f} (ppl {math.exp(row['val_loss']):.1f})"]
-    if run.task:  # the fixed val episodes, before and after the inner loop
-        row |= meta.evaluate(run.model, run.head, run.task, run.task.val_episodes(), run.learner, run.device, run.ctx)
-        if row.get("episode_acc_before") is not None:  # --eval-episodes 0 scores none
-            lines[0] += f", val episodes acc {row['episode_acc_before']:.3f} -> {row['episode_acc_after']:.3f}"
-    extra, line = run.learner.report()
-    row |= extra
-    lines += [line] if line else []
-    if run.texts:
-        row["eval_text"] = {n: heldout.text_loss(run.lm_model, t, run.data[3].unk, a, run.device, run.ctx)
-                            for n, t in run.texts.items()}
-        lines[0] += "".join(f", {n} {v['bpb']:.3f} bits/byte" for n, v in row["eval_text"].items())
-    if a.sample_tokens:
-        row["sample"] = heldout.sample(run.model, run.data[3], a, run.device, run.data[0]["vocab_size"])
-        lines.append(f"sample: {a.sample_prompt + row['sample']!r}")
-    return row, lines
-
-
-def save_checkpoint(run, a):
-    """OUT/ckpt.pt (and ckpt_step{N}.pt every --save-every steps): one plain dict, written atomically."""
-    step, tok = run.state["step"], run.data[3]
-    ck = {"model": run.model.state_dict(), "meta_head": run.head.state_dict(), "inner_lrs": run.inner.state_dict(),
-          "optimizer": run.opt.state_dict(), "meta_optimizer": run.meta_opt.state_dict() if run.meta_opt else None,
-          "model_args": vars(run.model.args), "step": step, "state": dict(run.state),
-          "rng": checkpoint.rng_state(), "data_meta": run.data[0], "config": checkpoint.saved_config(a),
-          "vocab_map": None if tok.old_of_new is None else torch.from_numpy(tok.old_of_new),
-          "dynamics_probe": tuple(t.cpu() for t in run.dyn.probe) if run.dyn else None}
-    checkpoint.save(run.out / "ckpt.pt", ck)
-    run.saved_step = step
-    if a.save_every and step % a.save_every == 0:  # a trajectory for eval_ner.py and the dynamics
-        checkpoint.save(run.out / f"ckpt_step{step}.pt", ck)
-
-
 # ----------------------------------------------------------------------------- set-up
 
 def setup(a, rank, world, device, dtype, ctx):
     """Everything the loop uses, built once: data, task, model, optimiser, outputs."""
-    out, ckpt = Path(a.out_dir), None
+    ckpt = None
     if a.resume:
-        ckpt, a = ddp.agree(lambda: checkpoint.resume_config(a, out, cut_logs=rank == 0), rank, world)
+        ckpt, a = ddp.agree(lambda: checkpoint.resume_config(a, Path(a.out_dir), cut_logs=rank == 0), rank, world)
     data_dir, dmeta, train_tok, val_tok = ddp.agree(lambda: datalib.load(a, ckpt), rank, world, "rank0_first")
     if data_dir != a.data_dir:  # the default corpus: the run records the one it trained on
         a = argparse.Namespace(**{**vars(a), "data_dir": data_dir})
@@ -329,27 +219,18 @@ def setup(a, rank, world, device, dtype, ctx):
     meta_opt = adamw() if a.meta and a.meta_moments == "separate" else None
     state = {"step": 0, "lm_pos": 0, "meta_pos": 0, "tokens": 0, "flops": 0.0, "elapsed_s": 0.0}
     if ckpt:
-        ddp.agree(lambda: checkpoint.load_state(ckpt, model, head, inner, opt, meta_opt, a, out), rank, world)
+        ddp.agree(lambda: checkpoint.load_state(ckpt, model, head, inner, opt, meta_opt, a, Path(a.out_dir)), rank, world)
         state = ckpt["state"]
         checkpoint.set_rng_state(ckpt["rng"])
     if a.compile:  # LM steps run the compiled module; meta steps reach the decoder through a compiled functional_call
         use_compile()
     lm_model = torch.compile(model) if a.compile else model
-    n_micro, non_emb = world * a.grad_accum, count_model(model)[1]
-    per_token = lambda L, backward=True, lm_head=False: flops_per_token(model.args, L, backward, lm_head, non_emb)
-    flops = {"lm": flops_per_token(model.args, a.block_size, non_emb=non_emb) * a.batch_size * a.block_size * n_micro,
-             "meta": meta.step_flops(task, learner, per_token) * n_micro if a.meta else 0}
-    run = Run(a=a, rank=rank, world=world, device=device, dtype=dtype, ctx=ctx, out=out,
-              data=(dmeta, train_tok, val_tok, tok), task=task, learner=learner, model=model, lm_model=lm_model,
-              head=head, inner=inner, net=ddp.wrap(Objective(model, lm_model, head, inner, task, learner), world, device),
-              opt=opt, meta_opt=meta_opt, state=state, flops=flops, saved_step=ckpt["step"] if ckpt else None,
-              dyn_every=0 if a.dynamics_every == 0 else (a.dynamics_every or a.eval_every))
-    outputs.describe(run, a)
-    probe = None
-    if run.dyn_every:  # the batch the dynamics are measured on: drawn once, then carried in the checkpoint
-        probe = (ckpt or {}).get("dynamics_probe") or get_batch(
-            val_tok, min(4, a.batch_size), a.block_size, a.seed, STREAM_PROBE, 0, "cpu")
-    run.dyn, run.texts = ddp.agree(lambda: outputs.start(run, a, probe), rank, world, "rank0") or (None, {})
+    run = Run(a=a, rank=rank, world=world, device=device, ctx=ctx, data=(dmeta, train_tok, val_tok, tok), task=task,
+              learner=learner, model=model, lm_model=lm_model, head=head, inner=inner,
+              net=ddp.wrap(Objective(model, lm_model, head, inner, task, learner), world, device), opt=opt,
+              meta_opt=meta_opt, state=state, flops=accounting.step_flops(model, a, task, learner, world),
+              log=outputs.Log(a, device, dtype, state["step"], ckpt["step"] if ckpt else None))
+    ddp.agree(lambda: run.log.begin(run, a, ckpt), rank, world, "rank0")
     return run
 
 

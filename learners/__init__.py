@@ -2,7 +2,7 @@
 The variants of FOMAML, one file each: learners/NAME.py holds one subclass of meta.Learner
 that overrides the hooks it fills (and lists them in HOOKS), declares its flags (add_flags),
 says when the flags select it (active) and checks them (check). meta.py never names one: the
-run gets them through make(a), composed into one meta.Learners. A reader who skips this folder
+run gets them through make(a), composed into one Learners (below). A reader who skips this folder
 has read a complete FOMAML.
 
     metasgd.py   step_size            first-order Meta-SGD: a learned step size per tensor
@@ -16,9 +16,10 @@ A new variant is one new file here: the flags, the checks and tests/test_contrac
 """
 import importlib
 import inspect
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
-from meta import SINGLE, Learner, Learners
+from meta import Learner
 from plumbing.errors import UserError
 
 
@@ -67,3 +68,58 @@ def defaults(a):
 def make(a):
     """The run's learner: FOMAML with the variants the flags select."""
     return Learners(a, [get(n)(a) for n in names() if get(n).active(a)])
+
+
+# ----------------------------------------------------------------------------- composition
+
+CHAINED = ("change_model", "adaptable", "episode", "observe", "report")  # every active variant's, in turn
+SINGLE = ("reparam", "fast_names", "learned", "step_size", "units", "direction", "outer", "flops")  # one variant's
+
+
+class Learners(Learner):
+    """The active variants as one Learner: a hook that one of them overrides is its; the hooks
+    that change the model, which weights adapt, the episode and the eval report are
+    chained through all of them, in the order given. Two variants never fill the same other
+    hook (learners.check refuses such flags). The FOMAML run has none."""
+
+    def __init__(self, a, active):
+        super().__init__(a)
+        self.active = list(active)
+        for v in self.active:
+            v.owner = self  # a variant's hook may call the others' (Reptile runs the whole inner loop)
+        for hook in SINGLE:
+            mine = [v for v in self.active if overrides(type(v), hook)]
+            if mine:
+                setattr(self, hook, getattr(mine[0], hook))
+
+    def change_model(self, model):
+        for v in self.active:
+            v.change_model(model)
+
+    def adaptable(self, model, names):
+        for v in self.active:
+            names = v.adaptable(model, names)
+        return names
+
+    @contextmanager
+    def episode(self, model, ep):
+        with ExitStack() as stack:
+            for v in self.active:
+                ep = stack.enter_context(v.episode(model, ep))
+            yield ep
+
+    def observe(self, ep):
+        for v in self.active:
+            v.observe(ep)
+
+    def report(self):
+        row, line = {}, []
+        for v in self.active:
+            r, text = v.report()
+            row |= r
+            line += [text] if text else []
+        return row, "; ".join(line)
+
+
+def overrides(cls, hook):
+    return getattr(cls, hook) is not getattr(Learner, hook)

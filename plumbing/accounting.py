@@ -7,6 +7,7 @@ the GPU it runs on, for MFU. Beside the model, not in it.
 """
 import torch
 
+import meta
 from model import PRESETS, ModelArgs, preset
 
 
@@ -37,6 +38,16 @@ def flops_per_token(a: ModelArgs, T, backward=True, lm_head=True, non_emb=None):
     n = non_emb + (a.vocab_size * a.d_model if lm_head else 0)  # the lookup itself is free
     fwd = 2 * n + 4 * a.n_layer * a.d_model * T
     return 3 * fwd if backward else fwd
+
+
+def step_flops(model, a, task, learner, world=1):
+    """{"lm": FLOPs of one LM step, "meta": of one meta step (meta.step_flops)}, a step being world
+    size x --grad-accum micro-batches or episodes; the built model's count includes a variant's
+    weights."""
+    n_micro, non_emb = world * a.grad_accum, count_model(model)[1]
+    per_token = lambda L, backward=True, lm_head=False: flops_per_token(model.args, L, backward, lm_head, non_emb)
+    return {"lm": flops_per_token(model.args, a.block_size, non_emb=non_emb) * a.batch_size * a.block_size * n_micro,
+            "meta": meta.step_flops(task, learner, per_token) * n_micro if a.meta else 0}
 
 
 PEAK_FLOPS = {  # dense bf16 tensor-core peaks, FLOP/s

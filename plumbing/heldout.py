@@ -11,7 +11,6 @@ import torch.nn.functional as F
 
 import data as datalib
 from plumbing.errors import UserError
-from model import generate
 
 
 def load_texts(a, tok):
@@ -60,3 +59,19 @@ def sample(model, tok, a, device, vocab_size):
     out = generate(model, prompt, a.sample_tokens, generator=gen, vocab_size=vocab_size)
     model.train()
     return tok.decode(out[0, prompt.size(1):].tolist())
+
+
+@torch.no_grad()
+def generate(model, idx, n, temperature=0.8, top_k=50, generator=None, vocab_size=None):
+    """Append n sampled tokens to idx (B, T). Each step runs the model on the last block_size
+    tokens and samples from the last position's softmax at `temperature`, among the top_k most
+    likely ids below vocab_size (the padded ids above it are never real tokens). No key/value
+    cache: at these sizes recomputing is cheap, and the code stays the forward pass."""
+    for _ in range(n):
+        logits = model(idx[:, -model.args.block_size:])[:, -1, :vocab_size].float() / temperature  # (B, V)
+        if top_k:
+            kth = logits.topk(min(top_k, logits.size(-1))).values[:, -1:]  # (B, 1)
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        nxt = torch.multinomial(logits.softmax(-1), 1, generator=generator)  # (B, 1)
+        idx = torch.cat([idx, nxt], dim=1)
+    return idx

@@ -16,7 +16,8 @@ import torch.nn as nn
 from torch.func import functional_call
 
 from plumbing.errors import UserError
-from tasks.base import Task, decoder, fp32, with_backbone
+from plumbing.tensors import fp32
+from tasks.base import Task, decoder, with_backbone
 
 
 class Pico(Task):

@@ -13,19 +13,16 @@ every feature (the collapse). As in Meta-Dataset's fo-Proto-MAML, the query grad
 flows through the prototypes (--proto-grad); only the inner-loop gradients are constants.
 """
 import argparse
-import hashlib
-import json
 import math
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn as nn
-from tqdm import tqdm
 
-import data as datalib
 from plumbing.errors import UserError
-from tasks.base import Task, decoder, fp32, with_backbone
+from plumbing.word_index import smlmt_index
+from plumbing.tensors import fp32
+from tasks.base import Task, decoder, with_backbone
 
 
 class SMLMT(Task):
@@ -208,49 +205,3 @@ def features(model, params, x, p, kind, length=None):
     else:  # before-mask: the state the LM uses to predict the (masked) word
         f = h[rows, (p - 1).clamp(min=0)]
     return f.float()  # (n, d)
-
-
-# ----------------------------------------------------------------------------- the word index
-
-def word_types(tok, counts, skip_top, min_count):
-    """Token ids in the frequency band that look like words (alphabetic after a leading space),
-    most frequent first."""
-    order = np.argsort(-counts, kind="stable")
-    band = [i for i in order[skip_top:] if counts[i] >= min_count]
-    return np.array([i for i in band if i not in (tok.eot, tok.mask, tok.unk)
-                     and tok.decode([i]).removeprefix(" ").isalpha()], dtype=np.int64)
-
-
-def occurrence_index(tokens, types):
-    """CSR index: positions[offsets[j]:offsets[j+1]] are the positions of token types[j], for
-    `types` in any order (word_types gives frequency order, not id order)."""
-    rank = np.full(max(int(tokens.max()), int(types.max(initial=0))) + 1, -1, dtype=np.int64)
-    rank[types] = np.arange(len(types))  # id -> its index in `types`
-    r = rank[tokens]
-    pos = np.flatnonzero(r >= 0)
-    pos = pos[np.argsort(r[pos], kind="stable")]  # grouped in the order of `types`, ascending within
-    offsets = np.concatenate([[0], np.cumsum(np.bincount(r[r >= 0], minlength=len(types)))])
-    return offsets, pos
-
-
-def cache_key(dmeta, a):
-    """The SMLMT index depends on the exact tokens (fingerprint and split sizes) and the band."""
-    what = [datalib.fingerprint(dmeta), dmeta.get("train_tokens"), dmeta.get("val_tokens"),
-            dmeta.get("val_fraction"), dmeta.get("text_field"), a.skip_top_words, a.min_word_count]
-    return hashlib.sha256(json.dumps(what, default=str).encode()).hexdigest()[:16]
-
-
-def smlmt_index(data_dir, dmeta, a, splits, tok, split):
-    """(types, offsets, positions) of a split, cached beside the bins."""
-    cache = Path(data_dir) / f"smlmt_{split}_{cache_key(dmeta, a)}.npz"
-    if cache.exists():
-        z = np.load(cache)
-        return z["types"], z["offsets"], z["pos"]
-    counts = np.bincount(np.asarray(splits["train"]), minlength=dmeta["vocab_size"])
-    types = word_types(tok, counts, a.skip_top_words, a.min_word_count)
-    with tqdm(total=1, desc=f"SMLMT index ({split})", leave=False, disable=None) as bar:
-        offsets, pos = occurrence_index(np.asarray(splits[split]), types)
-        bar.update()
-    datalib.write_atomic(cache, lambda f: np.savez(f, types=types, offsets=offsets, pos=pos))
-    return types, offsets, pos
-

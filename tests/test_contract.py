@@ -17,7 +17,8 @@ import train
 from conftest import TINY
 from model import Transformer, preset
 from plumbing import config
-from tasks.base import Task, ce, to_device
+from plumbing.tensors import ce, to_device
+from tasks.base import Task
 
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = sorted(p.stem for p in (ROOT / "tasks").glob("*.py") if p.stem not in ("__init__", "base"))
@@ -70,7 +71,7 @@ def test_every_task_keeps_the_contract(data_dir, name):
 def test_every_learner_keeps_the_contract(data_dir, name):
     cls = learners.get(name)
     assert issubclass(cls, meta.Learner) and cls.__doc__ and cls.EXAMPLE
-    filled = {h for h in meta.CHAINED + meta.SINGLE if meta.overrides(cls, h)}
+    filled = {h for h in learners.CHAINED + learners.SINGLE if learners.overrides(cls, h)}
     assert filled == set(cls.HOOKS) and filled  # it declares exactly the hooks it fills
     plain = config.get_args(["--task", "lm", "--inner-params", "top-1"])
     assert not cls.active(plain)  # a plain run selects no variant

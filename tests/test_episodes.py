@@ -8,7 +8,7 @@ import data
 from plumbing import config
 from tools import inspect_episodes
 import tasks
-from tasks.smlmt import occurrence_index
+from plumbing.word_index import occurrence_index
 from conftest import TINY
 
 

@@ -20,7 +20,7 @@ from plumbing import config
 from plumbing.errors import UserError
 from conftest import run_train
 from model import Transformer, preset
-from tasks.base import to_device
+from plumbing.tensors import to_device
 from test_meta import episode_fns, fomaml, setup
 
 

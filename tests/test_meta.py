@@ -12,16 +12,17 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from plumbing import config
+from plumbing import accounting, config
 import data
 import learners
+from tools.inspect_episodes import best_temperature
 import meta
 import tasks
 import train
 from plumbing.errors import UserError
 from learners.metasgd import key
 from tasks import smlmt
-from tasks.base import ce, fp32, to_device, use_compile
+from plumbing.tensors import ce, fp32, to_device, use_compile
 from conftest import TINY, run_train
 from model import Transformer, preset
 
@@ -148,7 +149,7 @@ def test_lm_episodes_come_from_one_document(data_dir):
 
 def test_meta_step_flops_include_the_inner_loop(data_dir):
     a, eps, model, _, _ = setup(data_dir, "--inner-params", "top-1")
-    per_token = lambda L, backward=True, lm_head=False: train.flops_per_token(model.args, L, backward, lm_head)
+    per_token = lambda L, backward=True, lm_head=False: accounting.flops_per_token(model.args, L, backward, lm_head)
     b = setup(data_dir)[0]
     head_only = meta.step_flops(eps, learners.make(b), per_token)
     assert meta.step_flops(eps, learners.make(a), per_token) > head_only > 0
@@ -183,7 +184,7 @@ def test_meta_run_logs_every_field(data_dir, tmp_path):
     assert last["meta_ms"] > 0 and last["ar_ms"] > 0
     assert 0 <= last["support_acc"] <= 1 and 0 <= last["query_acc"] <= 1
     assert 0 <= last["episode_acc_before"] <= 1 and 0 <= last["episode_acc_after"] <= 1
-    vanilla_flops = last["lm_steps"] * train.flops_per_token(preset("11m", 256, 32), 32) * 4 * 32
+    vanilla_flops = last["lm_steps"] * accounting.flops_per_token(preset("11m", 256, 32), 32) * 4 * 32
     assert last["flops"] > vanilla_flops  # the meta steps' FLOPs are counted too
 
 
@@ -362,7 +363,7 @@ def test_best_temperature_finds_the_scale_that_calibrates_the_logits():
     for _ in range(8):
         z = 2 * torch.randn(500, 4, generator=gen)
         pairs.append((z / 3, torch.multinomial(z.softmax(-1), 1, generator=gen).squeeze(1)))
-    loss, t = meta.best_temperature(pairs)
+    loss, t = best_temperature(pairs)
     assert 2.6 < t < 3.4
     assert loss < np.mean([ce(l, y).item() for l, y in pairs]) - 0.05
 

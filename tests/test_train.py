@@ -124,7 +124,8 @@ def test_eval_text_errors_are_one_line(data_dir, tmp_path):
 
 
 def test_generate_is_seeded_and_stays_within_the_block():
-    from model import ModelArgs, Transformer, generate
+    from model import ModelArgs, Transformer
+    from plumbing.heldout import generate
     torch.manual_seed(0)
     m = Transformer(ModelArgs(vocab_size=64, n_layer=2, d_model=24, hidden_dim=48, block_size=8)).eval()
     prompt = torch.randint(0, 64, (2, 12))  # longer than the block: only the last 8 are seen
