@@ -115,25 +115,8 @@ def adapted_names(model, learner):
 # ----------------------------------------------------------------------------- the hooks
 
 class Learner:
-    """FOMAML's choice at every hook. A variant (learners/NAME.py) subclasses it, overrides the
-    hooks it fills (listed in HOOKS) and declares its flags; see learners/__init__.py."""
-    HOOKS = ()  # the hooks a variant fills
-    DEFAULTS = {}  # defaults it gives shared flags when selected
-    ORDER = 0  # variants change the model in (ORDER, name) order
-    EXAMPLE = ()  # flags that select the variant (with --task lm --inner-params top-1), for the contract test
-
-    @classmethod
-    def add_flags(cls, group):
-        """The variant's flags, in its own argparse group."""
-
-    @classmethod
-    def active(cls, a):
-        """Whether the flags select this variant."""
-        return False
-
-    @classmethod
-    def check(cls, a):
-        """Refuse values of the variant's flags that cannot run (UserError); called on every run."""
+    """FOMAML's choice at every hook. A variant (learners/NAME.py, a learners.Variant) overrides
+    the hooks it fills."""
 
     def __init__(self, a):
         self.a = a

@@ -40,12 +40,7 @@ class ModelArgs:
     norm_eps: float = 1e-6
 
 
-PRESETS = {  # name -> d_model; everything else is shared
-    "11m": 96,
-    "65m": 384,
-    "181m": 768,
-    "570m": 1536,
-}
+PRESETS = {"11m": 96, "65m": 384, "181m": 768, "570m": 1536}  # name -> d_model; everything else is shared
 
 
 def preset(size, vocab_size=pad_vocab(CL100K_VOCAB), block_size=2048):
@@ -177,8 +172,7 @@ class Transformer(nn.Module):
     def forward(self, idx, targets=None, hidden=False, trace=None):
         """idx (B, T) token ids. Returns the mean next-token loss when targets (B, T) are given,
         else the logits (B, T, V); or the final hidden states (B, T, d), after the final norm,
-        when hidden=True. The same answer on every device: how the loss is computed is the
-        loss's business (see next_token_loss). If `trace` is a dict, it is filled with each
+        when hidden=True. If `trace` is a dict, it is filled with each
         block's output ('act', a list of (B, T, d)) and attention probabilities ('attn', a list
         of (B, nh, T, T)), which switches attention to the explicit path."""
         B, T = idx.shape
@@ -196,12 +190,6 @@ class Transformer(nn.Module):
         x = self.norm(x)  # (B, T, d)
         if hidden:
             return x
-        if targets is not None:
-            return self.next_token_loss(x.view(B * T, -1), targets.reshape(B * T))  # (B*T, d), (B*T,)
+        if targets is not None:  # the mean next-token loss, without ever forming the (B*T, V) logits
+            return linear_cross_entropy(x.view(B * T, -1), self.lm_head.weight, targets.reshape(B * T))
         return self.lm_head(x)  # (B, T, V)
-
-    def next_token_loss(self, x, y):
-        """Mean cross-entropy of the logits x @ W_emb.T against y (-1 ignored), on every device
-        without the (N, V) logits ever existing at once (linear_cross_entropy): at the paper's
-        batch of 256 x 512 and cl100k's 100,352 ids they would be 13G floats."""
-        return linear_cross_entropy(x, self.lm_head.weight, y)

@@ -1,5 +1,5 @@
 """
-The variants of FOMAML, one file each: learners/NAME.py holds one subclass of meta.Learner
+The variants of FOMAML, one file each: learners/NAME.py holds one Variant (a meta.Learner)
 that overrides the hooks it fills (and lists them in HOOKS), declares its flags (add_flags),
 says when the flags select it (active) and checks them (check). meta.py never names one: the
 run gets them through make(a), composed into one Learners (below). A reader who skips this folder
@@ -23,6 +23,27 @@ from meta import Learner
 from plumbing.errors import UserError
 
 
+class Variant(Learner):
+    """What a variant declares besides the hooks it overrides."""
+    HOOKS = ()  # the hooks it fills
+    DEFAULTS = {}  # defaults it gives shared flags when selected
+    ORDER = 0  # variants change the model in (ORDER, name) order
+    EXAMPLE = ()  # flags that select it (with --task lm --inner-params top-1), for tests/test_contract.py
+
+    @classmethod
+    def add_flags(cls, group):
+        """The variant's flags, in its own argparse group."""
+
+    @classmethod
+    def active(cls, a):
+        """Whether the flags select this variant."""
+        return False
+
+    @classmethod
+    def check(cls, a):
+        """Refuse values of the variant's flags that cannot run (UserError); called on every run."""
+
+
 def names():
     """Every variant in this folder, by file name, in the order their model changes are made."""
     found = [p.stem for p in Path(__file__).parent.glob("*.py") if p.stem != "__init__"]
@@ -33,9 +54,9 @@ def get(name):
     """The Learner subclass learners/NAME.py defines."""
     module = importlib.import_module(f"learners.{name}")
     found = [c for c in vars(module).values()
-             if inspect.isclass(c) and issubclass(c, Learner) and c is not Learner and c.__module__ == module.__name__]
+             if inspect.isclass(c) and issubclass(c, Variant) and c.__module__ == module.__name__]
     if len(found) != 1:
-        raise TypeError(f"learners/{name}.py must define exactly one subclass of meta.Learner (found {len(found)})")
+        raise TypeError(f"learners/{name}.py must define exactly one subclass of learners.Variant (found {len(found)})")
     return found[0]
 
 

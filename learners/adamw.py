@@ -11,11 +11,11 @@ import math
 
 import torch
 
-from meta import Learner
+from learners import Variant
 from plumbing.errors import UserError
 
 
-class AdamW(Learner):
+class AdamW(Variant):
     """an AdamW inner loop"""
     HOOKS = ("direction", "units")
     EXAMPLE = ("--inner-opt", "adamw")

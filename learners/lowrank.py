@@ -9,11 +9,11 @@ are small next to the passes). With --tarp, --inner-rank is the rank of TARP's s
 """
 import torch
 
-from meta import Learner
+from learners import Variant
 from plumbing.errors import UserError
 
 
-class LowRank(Learner):
+class LowRank(Variant):
     """the inner loop adapts low-rank deltas of the matrices"""
     HOOKS = ("reparam", "fast_names")
     EXAMPLE = ("--inner-rank", "2")

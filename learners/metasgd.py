@@ -10,7 +10,7 @@ import math
 import torch
 import torch.nn as nn
 
-from meta import Learner
+from learners import Variant
 from plumbing.errors import UserError
 
 
@@ -18,7 +18,7 @@ def key(name):
     return name.replace(".", "/")  # a ParameterDict key cannot hold dots
 
 
-class MetaSGD(Learner):
+class MetaSGD(Variant):
     """first-order Meta-SGD, learned inner step sizes"""
     HOOKS = ("learned", "step_size", "report")
     EXAMPLE = ("--learn-inner-lr",)

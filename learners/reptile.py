@@ -12,11 +12,12 @@ import torch
 import torch.nn as nn
 
 import tasks
-from meta import Learner, adapt, adapted_names
+from learners import Variant
+from meta import adapt, adapted_names
 from plumbing.errors import UserError
 
 
-class Reptile(Learner):
+class Reptile(Variant):
     """Reptile's outer rule"""
     HOOKS = ("outer", "flops")
     EXAMPLE = ("--outer", "reptile")

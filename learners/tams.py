@@ -13,7 +13,7 @@ from contextlib import contextmanager
 import torch
 import torch.nn as nn
 
-from meta import Learner
+from learners import Variant
 from model import Block
 
 RANK = 16  # the rank of the low-rank candidate op
@@ -33,7 +33,7 @@ class TAMSBlock(Block):
         return x + self.arch[0] * self.mlp(m) + self.arch[2] * self.lowrank(m), probs  # skip adds nothing
 
 
-class TAMS(Learner):
+class TAMS(Variant):
     """Meta-Learning the Difference's TAMS, a choice of ops per episode"""
     HOOKS = ("change_model", "adaptable", "episode", "observe", "report")
     EXAMPLE = ("--tams",)

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from meta import Learner
+from learners import Variant
 from plumbing.errors import UserError
 
 
@@ -42,7 +42,7 @@ class TARPLinear(nn.Module):
         return F.linear(x, self.weight) + h @ self.tarp_v.T  # (..., d_out)
 
 
-class TARP(Learner):
+class TARP(Variant):
     """Meta-Learning the Difference's TARP, shifted block matrices"""
     HOOKS = ("change_model", "adaptable")
     EXAMPLE = ("--tarp", "static", "--inner-rank", "2")

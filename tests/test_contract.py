@@ -70,7 +70,7 @@ def test_every_task_keeps_the_contract(data_dir, name):
 @pytest.mark.parametrize("name", LEARNERS)
 def test_every_learner_keeps_the_contract(data_dir, name):
     cls = learners.get(name)
-    assert issubclass(cls, meta.Learner) and cls.__doc__ and cls.EXAMPLE
+    assert issubclass(cls, learners.Variant) and issubclass(cls, meta.Learner) and cls.__doc__ and cls.EXAMPLE
     filled = {h for h in learners.CHAINED + learners.SINGLE if learners.overrides(cls, h)}
     assert filled == set(cls.HOOKS) and filled  # it declares exactly the hooks it fills
     plain = config.get_args(["--task", "lm", "--inner-params", "top-1"])
