@@ -26,8 +26,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from plumbing.tensors import host_to
 from plumbing.errors import UserError
+from plumbing.tensors import host_to
 
 TINYSTORIES = [  # the GPT-4 generated V2 split from the dataset's public page
     "https://huggingface.co/datasets/roneneldan/TinyStories/resolve/main/TinyStoriesV2-GPT4-train.txt",

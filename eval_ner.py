@@ -27,12 +27,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from plumbing import checkpoint
-from plumbing import config
 import data as datalib
+from plumbing import checkpoint, config
 from plumbing.errors import UserError
 from plumbing.uner import LABELS, batches, download_uner, encode_set, find_datasets, read_iob2, score
-
 
 # ----------------------------------------------------------------------------- probe
 

@@ -161,7 +161,7 @@ class Learner:
         return f["start"] + (0 if a.inner_params == "head" else a.inner_steps * f["support"]) + f["query"]
 
     def observe(self, ep):
-        """See a val episode after episode() (TAMS counts its choices)."""
+        """See a val episode after episode() (a variant may count what it chose)."""
 
     def report(self):
         """Numbers of the learner's own for an eval's log row (and the line printed with it)."""

@@ -25,9 +25,9 @@ import torch
 
 import data as datalib
 import learners
+from model import ModelArgs, Transformer
 from plumbing.config import check
 from plumbing.errors import UserError
-from model import ModelArgs, Transformer
 
 
 def prev_path(path):

@@ -8,17 +8,15 @@ import json
 import math
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
-from pathlib import Path
-
 from tqdm import tqdm
 
 import meta
 from data import STREAM_PROBE, STREAM_VAL, VAL_SEED, get_batch
-
 from plumbing import checkpoint, config, dynamics, heldout
 from plumbing.accounting import count_model, peak_flops
 from plumbing.errors import UserError

@@ -3,7 +3,7 @@ smlmt: subset-masked LM (Bansal et al. 2020) with a ProtoMAML head (Triantafillo
 
 Episode: N word types; K support + Q query windows that contain each; the type is replaced by
 a mask id in its windows; classify which of the N words was masked. Every window has its
-word, by construction (inspect_episodes.py checks).
+word, by construction (tools/inspect_episodes.py checks).
 
 Head: a linear head w_c = 2 mu_c, b_c = -|mu_c|^2 from the support prototypes, so logits =
 -|h - mu_c|^2 up to a per-example constant. The features are scaled by a learned temperature
@@ -20,8 +20,8 @@ import torch
 import torch.nn as nn
 
 from plumbing.errors import UserError
-from plumbing.word_index import smlmt_index
 from plumbing.tensors import fp32
+from plumbing.word_index import smlmt_index
 from tasks.base import Task, decoder, with_backbone
 
 

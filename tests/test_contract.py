@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import TINY
 
 import data
 import learners
 import meta
 import tasks
 import train
-from conftest import TINY
 from model import Transformer, preset
 from plumbing import config
 from plumbing.tensors import ce, to_device

@@ -13,7 +13,6 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-
 from conftest import TINY, run_train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,19 +77,25 @@ def test_a_bad_flag_on_one_rank_ends_both_ranks_with_one_line(data_dir, tmp_path
         cmd = [sys.executable, "train.py", "--data-dir", str(d), "--out-dir", str(tmp_path / "out"), *SHORT]
         procs.append(subprocess.Popen(cmd, cwd=ROOT, env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)},
                                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
-    errs = [p.communicate(timeout=120)[1].strip().splitlines() for p in procs]  # a hang fails here
+    try:
+        errs = [p.communicate(timeout=120)[1].strip().splitlines() for p in procs]  # a hang fails here
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
     assert [p.returncode for p in procs] == [1, 1]
     assert errs[0][-1] == errs[1][-1] and errs[0][-1].startswith("train.py: error: --data-dir")
     assert "missing" in errs[0][-1] and "Traceback" not in "".join(errs[0] + errs[1])
 
 
 def _count_all_reduces(rank, world, port, data_dir, result):
-    from plumbing import config
     import data
     import learners
     import tasks
     import train
     from model import Transformer, preset
+    from plumbing import config
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     torch.manual_seed(0)

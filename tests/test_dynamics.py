@@ -3,9 +3,9 @@ import json
 import math
 
 import torch
+from conftest import run_train
 
 from plumbing import dynamics
-from conftest import run_train
 
 
 def test_effective_rank_of_identity_rank_one_and_scale():

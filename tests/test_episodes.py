@@ -3,13 +3,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import TINY
 
 import data
-from plumbing import config
-from tools import inspect_episodes
 import tasks
+from plumbing import config
 from plumbing.word_index import occurrence_index
-from conftest import TINY
+from tools import inspect_episodes
 
 
 def make(data_dir, *extra):

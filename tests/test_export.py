@@ -1,11 +1,11 @@
 """export.py: a checkpoint as a Hugging Face Llama, checked by loading it back with transformers."""
 import pytest
 import torch
-
-from plumbing import checkpoint
-import data
-from tools import export
 from conftest import run_train
+
+import data
+from plumbing import checkpoint
+from tools import export
 
 transformers = pytest.importorskip("transformers", reason="export tests load the result with transformers "
                                                           "(pip install transformers)")

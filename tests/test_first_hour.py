@@ -1,7 +1,7 @@
 """The first hour: the main command fits the machine, runs offline, and every mistake is one line."""
 import os
-import runpy
 import re
+import runpy
 import signal
 import subprocess
 import sys
@@ -9,13 +9,13 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import TINY, run_train, write_corpus
 
-from plumbing import config
 import data
 import eval_ner
 import train
+from plumbing import config
 from plumbing.errors import UserError
-from conftest import TINY, run_train, write_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
 QUIET = ["--eval-batches", "1", "--sample-tokens", "0", "--dynamics-every", "0"]
@@ -107,15 +107,23 @@ def test_ctrl_c_is_one_line_exit_130_and_resume_continues(tmp_path):
     args = ["--data-dir", str(d), "--out-dir", str(tmp_path / "o"), *TINY, "--max-steps", "100000", "--eval-every", "5",
             "--log-every", "1", *QUIET]
     log = tmp_path / "run.log"  # stdout redirected to a file, as a user's nohup run has it
+    # SIGINT at its default in the child: a suite started in the background (`cmd &` from a script)
+    # hands its children SIGINT ignored, and the Ctrl-C below would then leave a 100,000-step run going
+    default_sigint = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)
     with open(log, "w") as f:
         p = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], stdout=f, stderr=subprocess.PIPE,
-                             text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        t0 = time.time()
-        while "step      7" not in log.read_text():  # a checkpoint exists and training goes on
-            assert p.poll() is None and time.time() - t0 < 120
-            time.sleep(0.05)
-        p.send_signal(signal.SIGINT)
-        _, err = p.communicate(timeout=60)
+                             text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}, preexec_fn=default_sigint)
+        try:
+            t0 = time.time()
+            while "step      7" not in log.read_text():  # a checkpoint exists and training goes on
+                assert p.poll() is None and time.time() - t0 < 120
+                time.sleep(0.05)
+            p.send_signal(signal.SIGINT)
+            _, err = p.communicate(timeout=60)
+        finally:
+            if p.poll() is None:  # whatever failed above, no training process outlives the test
+                p.kill()
+                p.wait()
     text = log.read_text()  # no progress-bar frames in a redirected log: one line per step, no carriage returns
     assert "\r" not in text and text.count("step      4") == 1 and "eval step 5" in text
     assert p.returncode == 130 and err.strip().count("\n") == 0 and "Traceback" not in err, err

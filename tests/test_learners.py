@@ -8,6 +8,8 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from conftest import run_train
+from test_meta import episode_fns, fomaml, setup
 from torch.func import functional_call
 
 import learners
@@ -16,12 +18,10 @@ from learners.adamw import adamw_direction
 from learners.lowrank import LowRank
 from learners.tams import choose
 from learners.tarp import TARPLinear
+from model import Transformer, preset
 from plumbing import config
 from plumbing.errors import UserError
-from conftest import run_train
-from model import Transformer, preset
 from plumbing.tensors import to_device
-from test_meta import episode_fns, fomaml, setup
 
 
 def built(*flags):

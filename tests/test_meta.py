@@ -10,21 +10,21 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from conftest import TINY, run_train
 from torch.func import functional_call
 
-from plumbing import accounting, config
 import data
 import learners
-from tools.inspect_episodes import best_temperature
 import meta
 import tasks
 import train
-from plumbing.errors import UserError
 from learners.metasgd import key
-from tasks import smlmt
-from plumbing.tensors import ce, fp32, to_device, use_compile
-from conftest import TINY, run_train
 from model import Transformer, preset
+from plumbing import accounting, config
+from plumbing.errors import UserError
+from plumbing.tensors import ce, fp32, to_device, use_compile
+from tasks import smlmt
+from tools.inspect_episodes import best_temperature
 
 META_FIELDS = {"meta_ms", "meta_steps", "support_acc", "query_acc", "episode_acc_before", "episode_acc_after", "ar_ms"}
 

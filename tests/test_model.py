@@ -7,11 +7,10 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from plumbing import accounting
 import model
-from plumbing import linear_ce
-from plumbing.accounting import count_params
 from model import ModelArgs, Transformer, preset
+from plumbing import accounting, linear_ce
+from plumbing.accounting import count_params
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -4,11 +4,11 @@ import random
 
 import pytest
 import torch
+from conftest import NAMES, PLACES, THINGS, VERBS, run_train
 
 import data
 import eval_ner as ner
 from plumbing import uner
-from conftest import NAMES, PLACES, THINGS, VERBS, run_train
 from plumbing.errors import UserError
 from plumbing.uner import score, spans
 

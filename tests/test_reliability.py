@@ -11,15 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import TINY, run_train
 
-from plumbing import checkpoint
-from plumbing import config
-from tools import compare
 import data
 import eval_ner
-from tools import inspect_episodes
+from plumbing import checkpoint, config
 from plumbing.errors import UserError
-from conftest import TINY, run_train
+from tools import compare, inspect_episodes
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN = ("--max-steps", 16, "--eval-every", 4, "--dynamics-every", 4, "--meta", "--meta-start", 4)
@@ -48,12 +46,16 @@ def test_kill_9_at_any_moment_then_resume_gives_the_uninterrupted_run(data_dir, 
     want_dyn = [r["step"] for r in rows(tmp_path / "whole" / "dynamics.jsonl")]
     out = tmp_path / "killed"
     p = launch(data_dir, out)  # 1: killed between evals
-    wait_for(lambda: (out / "log.jsonl").exists() and len(rows(out / "log.jsonl")) >= 2, p)
-    time.sleep(0.3)
-    p.send_signal(signal.SIGKILL), p.wait()
+    try:
+        wait_for(lambda: (out / "log.jsonl").exists() and len(rows(out / "log.jsonl")) >= 2, p)
+        time.sleep(0.3)
+    finally:
+        p.send_signal(signal.SIGKILL), p.wait()
     p = launch(data_dir, out, "--resume")  # 2: killed while a checkpoint is being written
-    wait_for(lambda: (out / "ckpt.pt.tmp").exists(), p)
-    p.send_signal(signal.SIGKILL), p.wait()
+    try:
+        wait_for(lambda: (out / "ckpt.pt.tmp").exists(), p)
+    finally:
+        p.send_signal(signal.SIGKILL), p.wait()
     with open(out / "log.jsonl", "a") as f:
         f.write('{"step": 99, "val_lo')  # 3: a torn last line, as a kill in mid-write leaves it
     got = run_train(data_dir, out, *RUN, "--resume")

@@ -2,10 +2,10 @@
 import json
 
 import pytest
-
-from tools import study
-import train
 from conftest import TINY
+
+import train
+from tools import study
 
 
 def rows(d):

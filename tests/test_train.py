@@ -3,11 +3,11 @@ import argparse
 
 import pytest
 import torch
+from conftest import TINY, run_train
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from plumbing import config
 import train
-from conftest import TINY, run_train
+from plumbing import config
 
 LOSSES = ("train_loss", "val_loss")
 LOG_FIELDS = {"step", "tokens", "flops", "elapsed_s", "train_loss", "val_loss", "lr", "ar_ms",

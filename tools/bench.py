@@ -17,6 +17,7 @@ windows of 64 tokens = 16,128 tokens against 32 x 512 = 16,384 at the GPU defaul
 floor at the CPU recipe's 16 x 128), so the ratio compares about equal token counts.
 """
 import argparse
+import contextlib
 import json
 import subprocess
 import sys
@@ -28,8 +29,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from plumbing import config
 import train
+from plumbing import config
 from plumbing.accounting import count_model, peak_flops
 from plumbing.errors import UserError
 from plumbing.linear_ce import linear_cross_entropy
@@ -153,7 +154,8 @@ def run_bench():
                              "--dtype", b.dtype, "--eval-episodes", "0", "--dynamics-every", "0", "--meta", "--recipe", "paper",
                              *(["--compile"] if b.compile else []), *rest], description=__doc__)  # episode and batch flags
         device, dtype, ctx = config.hardware(a.device, a.dtype)
-        run = train.setup(a, 0, 1, device, dtype, ctx)
+        with contextlib.redirect_stdout(sys.stderr if b.json else sys.stdout):  # --json: stdout holds the JSON alone
+            run = train.setup(a, 0, 1, device, dtype, ctx)
     return cross_entropy(b, a, run) if b.cross_entropy else measure(b, a, run)
 
 
@@ -220,7 +222,8 @@ def measure(b, a, run):
     lm_ms = timed(lm_step, b.warmup, b.steps, b.device)
     meta_ms = timed(meta_step, b.warmup, b.steps, b.device)
     r = {"size": b.size, "device": b.device, "dtype": b.dtype, "compile": b.compile, "threads": torch.get_num_threads(),
-         "batch_size": a.batch_size, "block_size": a.block_size, "vocab_size": margs.vocab_size,
+         "batch_size": a.batch_size, "grad_accum": a.grad_accum, "block_size": a.block_size,
+         "tokens_per_step": lm_tokens, "vocab_size": margs.vocab_size,
          "lm_ms": lm_ms, "meta_ms": meta_ms, "meta_over_lm": meta_ms / lm_ms, "lm_tok_s": lm_tokens / lm_ms * 1000,
          "lm_flops_per_s": lm_flops / (lm_ms / 1000), "matmul_flops_per_s": mm[b.dtype],
          "matmul_flops_per_s_float32": mm["float32"], "matmul_flops_per_s_bfloat16": mm["bfloat16"],

@@ -26,10 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
+from data import fingerprint
+from plumbing.errors import UserError
 from tools import arms as armslib
 from tools.arms import crossing, group_arms, save
-from plumbing.errors import UserError
-from data import fingerprint
 
 
 def read_jsonl(path):

@@ -21,8 +21,8 @@ import struct
 import sys
 from pathlib import Path
 
-from plumbing import checkpoint
 import data as datalib
+from plumbing import checkpoint
 from plumbing.errors import UserError
 
 

@@ -15,16 +15,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from plumbing.tensors import ce
-
-from plumbing import checkpoint
-from plumbing import config
 import data as datalib
 import learners
 import meta
 import tasks
-from plumbing.errors import UserError
 from model import Transformer, preset
+from plumbing import checkpoint, config
+from plumbing.errors import UserError
+from plumbing.tensors import ce
 
 
 def parse(argv=None):

@@ -21,12 +21,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from tools import bench
-from tools import compare
-from plumbing import config
 import eval_ner
 import train
+from plumbing import config
 from plumbing.errors import UserError
+from tools import bench, compare
 
 ARMS = {"vanilla": [], "smlmt": ["--meta"], "pico": ["--meta", "--task", "pico"], "lm": ["--meta", "--task", "lm"]}
 
