@@ -70,12 +70,14 @@ def rope_tables(head_dim, block_size, theta):
 
 
 def apply_rope(x, cos, sin):
-    # rotate each (even, odd) pair of channels by a position-dependent angle, so that
-    # q.k depends only on the distance between the two positions. As complex numbers the
-    # rotation is one product, (x_even + i x_odd) * (cos + i sin): one pass forward and one
-    # backward, where the same in real arithmetic takes about ten
-    xc = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))  # (B, nh, T, hd/2) complex
-    return torch.view_as_real(xc * torch.complex(cos, sin)).flatten(-2).type_as(x)  # (B, nh, T, hd)
+    # rotate each (even, odd) pair of channels by a position-dependent angle, so that q.k
+    # depends only on the distance between the two positions: the complex product
+    # (x_even + i x_odd) * (cos + i sin), written in real arithmetic (torch.compile generates
+    # code for it; complex tensors fall back to eager kernels)
+    xf = x.float().unflatten(-1, (-1, 2))  # (B, nh, T, hd/2, 2)
+    even, odd = xf[..., 0], xf[..., 1]  # (B, nh, T, hd/2) each
+    out = torch.stack([even * cos - odd * sin, even * sin + odd * cos], dim=-1)  # (B, nh, T, hd/2, 2)
+    return out.flatten(-2).type_as(x)  # (B, nh, T, hd)
 
 
 class Attention(nn.Module):

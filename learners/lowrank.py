@@ -47,15 +47,16 @@ class LowRank(Variant):
         """The tensors the inner loop adapts (U, and V with --inner-rank-learn-v, in place of W;
         vectors and the head as before), and compose(f): the fast weights W + U V. R is capped
         at min(d_out, d_in)."""
-        gen = torch.Generator().manual_seed(seed)
         start, base, V = {}, {}, {}
+        gen = None
         for n, w in fast.items():
             if n.startswith("head.") or w.dim() != 2:
                 start[n] = w
                 continue
             r = min(self.a.inner_rank, *w.shape)
-            q, _ = torch.linalg.qr(torch.randn(w.shape[1], r, generator=gen))  # (d_in, r), orthonormal columns
-            base[n], V[n] = w, q.T.to(w.device, w.dtype)  # V: (r, d_in)
+            gen = gen or torch.Generator(w.device).manual_seed(seed)  # drawn where the weights are: no host copy
+            q, _ = torch.linalg.qr(torch.randn(w.shape[1], r, generator=gen, device=w.device))  # (d_in, r), orthonormal
+            base[n], V[n] = w, q.T.to(w.dtype)  # V: (r, d_in)
             start[n + ".U"] = torch.zeros(w.shape[0], r, device=w.device, dtype=w.dtype)  # (d_out, r)
             if self.a.inner_rank_learn_v:
                 start[n + ".V"] = V[n]

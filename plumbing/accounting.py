@@ -50,17 +50,22 @@ def step_flops(model, a, task, learner, world=1):
             "meta": meta.step_flops(task, learner, per_token) * n_micro if a.meta else 0}
 
 
-PEAK_FLOPS = {  # dense bf16 tensor-core peaks, FLOP/s
-    "H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12, "4090": 165e12,
+PEAK_FLOPS = {  # dense bf16 tensor-core peaks (datasheets), FLOP/s, by the name torch.cuda reports
+    "NVIDIA H100 80GB HBM3": 989e12, "NVIDIA H100 SXM": 989e12, "NVIDIA H100 PCIe": 756e12, "NVIDIA H100 NVL": 835e12,
+    "NVIDIA H200": 989e12, "NVIDIA H200 NVL": 835e12, "NVIDIA A100-SXM4-80GB": 312e12, "NVIDIA A100-SXM4-40GB": 312e12,
+    "NVIDIA A100-PCIE-40GB": 312e12, "NVIDIA A100 80GB PCIe": 312e12, "NVIDIA L4": 121e12, "NVIDIA L40S": 362e12,
+    "NVIDIA L40": 181e12, "NVIDIA A10": 125e12, "NVIDIA GeForce RTX 4090": 165e12,
 }
 
 
-def peak_flops(device):
-    """Peak bf16 FLOP/s of the current CUDA device, or None when unknown (then no MFU)."""
-    if device != "cuda" or not torch.cuda.is_available():
-        return None
-    name = torch.cuda.get_device_name()
-    return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
+def peak_flops(device, name=None):
+    """Peak bf16 FLOP/s of the current CUDA device, by its exact name, or None when the name is
+    not in PEAK_FLOPS (then no MFU is printed: a wrong peak is worse than none)."""
+    if name is None:
+        if device != "cuda" or not torch.cuda.is_available():
+            return None
+        name = torch.cuda.get_device_name()
+    return PEAK_FLOPS.get(name.strip())
 
 
 if __name__ == "__main__":

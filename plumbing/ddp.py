@@ -4,6 +4,7 @@ train.py runs once per device; this is what it needs beyond DistributedDataParal
 joining the process group, and ending every rank with the same one-line error when any one
 of them fails, so that none is left waiting in a collective for a rank that has exited.
 """
+import datetime
 import os
 import sys
 import traceback
@@ -23,7 +24,9 @@ def setup(device):
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     if device == "cuda":
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))  # "cuda" now names this process's GPU
-    dist.init_process_group("nccl" if device == "cuda" else "gloo")
+    # the other ranks wait in a collective while rank 0 prepares data (TinyStories: minutes) and
+    # runs its first eval, which may compile: NCCL's default of 10 minutes would end them
+    dist.init_process_group("nccl" if device == "cuda" else "gloo", timeout=datetime.timedelta(minutes=60))
     if rank != 0:
         sys.stdout = open(os.devnull, "w")
     return rank, world

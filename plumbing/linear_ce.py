@@ -3,6 +3,8 @@ The next-token loss without the logits: F.cross_entropy(x @ w.T, y) computed in 
 so that the (N, V) logits never exist at once. At the paper's batch of 256 x 512 and cl100k's
 100,352 ids they would be 13G floats. model.py calls linear_cross_entropy and nothing else.
 """
+from contextlib import nullcontext
+
 import torch
 
 
@@ -13,27 +15,36 @@ class LinearCrossEntropy(torch.autograd.Function):
     place on the spot and multiplied into the gradients of x and w; backward only scales what
     forward stored. One allocation per chunk and about 5 passes over it, where log-softmax and
     its backward make about 10 passes over the whole (N, V). Under autocast the three matmuls
-    run in the autocast dtype, the softmax in float32. No step reads a value back to the host:
-    the chunk count comes from shapes, so a GPU never waits on it."""
+    run in the autocast dtype, the softmax in float32; the weight is cast once per call and each
+    chunk's probabilities once for both gradient matmuls (autocast would cast them per matmul,
+    and it caches no cast of a view such as w.t()). No step reads a value back to the host: the
+    chunk count comes from shapes, so a GPU never waits on it."""
 
     @staticmethod
     def forward(ctx, x, w, y, rows, grads):
+        kind = x.device.type
+        amp = kind in ("cpu", "cuda") and torch.is_autocast_enabled(kind)
+        dtype = torch.get_autocast_dtype(kind) if amp else x.dtype
         gx, gw = (torch.empty_like(x), torch.zeros_like(w)) if grads else (None, None)
         keep = (y != -1).float()  # (N,)
         n = keep.sum().clamp(min=1)
         y = y.clamp(min=0)
         loss = torch.zeros((), device=x.device)
-        for i in range(0, len(x), rows):
-            xc, yc, kc = x[i:i + rows], y[i:i + rows, None], keep[i:i + rows, None]  # (r, d), (r, 1), (r, 1)
-            p = (xc @ w.t()).float()  # (r, V) logits
-            m = p.amax(-1, keepdim=True)  # (r, 1)
-            target = p.gather(1, yc)  # (r, 1)
-            total = p.sub_(m).exp_().sum(-1, keepdim=True)  # (r, 1); p now holds exp(logits - max)
-            loss += ((total.log() + m - target) * kc).sum()  # -log softmax at the target
-            if grads:
-                p.div_(total).scatter_add_(1, yc, -torch.ones_like(target)).mul_(kc)  # softmax - one_hot
-                gx[i:i + rows] = p @ w  # (r, d)
-                gw += p.t() @ xc  # (V, d)
+        LAST_CALL.update(rows=len(x), chunk_rows=min(rows, len(x)), chunk_logits=min(rows, len(x)) * len(w))
+        with torch.autocast(kind, enabled=False) if amp else nullcontext():  # the casts are made here, each once
+            xd, wd = x.to(dtype), w.to(dtype)  # no copies in float32
+            for i in range(0, len(x), rows):
+                xc, yc, kc = xd[i:i + rows], y[i:i + rows, None], keep[i:i + rows, None]  # (r, d), (r, 1), (r, 1)
+                p = (xc @ wd.t()).float()  # (r, V) logits
+                m = p.amax(-1, keepdim=True)  # (r, 1)
+                target = p.gather(1, yc)  # (r, 1)
+                total = p.sub_(m).exp_().sum(-1, keepdim=True)  # (r, 1); p now holds exp(logits - max)
+                loss += ((total.log() + m - target) * kc).sum()  # -log softmax at the target
+                if grads:
+                    p.div_(total).scatter_add_(1, yc, -torch.ones_like(target)).mul_(kc)  # softmax - one_hot
+                    g = p.to(dtype)  # (r, V), in the matmuls' dtype
+                    gx[i:i + rows] = g @ wd  # (r, d)
+                    gw += g.t() @ xc  # (V, d)
         if grads:
             ctx.save_for_backward(gx / n, gw / n)
         return loss / n
@@ -44,9 +55,11 @@ class LinearCrossEntropy(torch.autograd.Function):
         return gx * g, gw * g, None, None, None
 
 
+LAST_CALL = {}  # the shapes of the last call: rows, rows per chunk, logits per chunk (what the tests check)
 CHUNK_FLOATS = {"cpu": 2**21, "cuda": 2**26}  # logits per chunk: 8 MB fits a CPU's cache; 256 MB keeps a GPU busy
 
 
+@torch.compiler.disable  # under --compile, a loop of ~200 chunks would unroll into the graph; it runs eagerly
 def linear_cross_entropy(x, w, y, chunk_floats=None, min_rows=128):
     """F.cross_entropy(x @ w.T, y, ignore_index=-1), its gradients taken during the forward
     pass when autograd will want them (training always does: one pass and three matmuls per

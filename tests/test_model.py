@@ -135,6 +135,13 @@ def test_flops_per_token_counts_backward_as_twice_forward():
     assert accounting.peak_flops("cpu") is None
 
 
+def test_peak_flops_are_looked_up_by_the_exact_device_name():
+    peak = lambda name: accounting.peak_flops("cuda", name)
+    assert peak("NVIDIA H100 80GB HBM3") == 989e12 and peak("NVIDIA H100 PCIe") == 756e12  # not the SXM figure
+    assert peak("NVIDIA L40S") == 362e12 and peak("NVIDIA L40") == 181e12 and peak("NVIDIA L4") == 121e12  # not L4's
+    assert peak("NVIDIA H100 prototype") is None and peak("Tesla T4") is None  # unknown: no MFU rather than a wrong one
+
+
 def test_rope_preserves_norms_and_is_relative():
     cos, sin = model.rope_tables(16, 64, 10000.0)
     # the pairs are channels (0, 1), (2, 3), ...: checkpoints depend on this convention
@@ -147,6 +154,17 @@ def test_rope_preserves_norms_and_is_relative():
     dot = lambda i, j: (at(q, i) * at(k, j)).sum()
     assert torch.allclose(dot(10, 3), dot(30, 23), atol=1e-4)  # only the distance matters
     assert not torch.allclose(dot(10, 3), dot(10, 4), atol=1e-3)
+
+
+def test_real_rope_equals_the_complex_product_within_float_rounding():
+    # the rotation as it was written before, as one complex product per (even, odd) pair
+    cos, sin = model.rope_tables(16, 64, 10000.0)
+    x = torch.randn(2, 3, 64, 16)
+    xc = torch.view_as_complex(x.unflatten(-1, (-1, 2)))  # (2, 3, 64, 8)
+    want = torch.view_as_real(xc * torch.complex(cos, sin)).flatten(-2)  # (2, 3, 64, 16)
+    got = model.apply_rope(x, cos, sin)
+    assert got.dtype == x.dtype and torch.allclose(got, want, atol=1e-6, rtol=1e-6)
+    assert not torch.equal(got, x)  # it does rotate
 
 
 def test_linear_cross_entropy_equals_cross_entropy_of_the_logits():

@@ -115,6 +115,36 @@ def test_eval_text_logs_loss_bits_per_byte_and_unknown_share(data_dir, tmp_path)
     assert isinstance(rows[-1]["sample"], str)
 
 
+def test_held_out_text_is_scored_through_the_chunked_loss_and_never_holds_the_logits(monkeypatch):
+    import argparse
+    from contextlib import nullcontext
+
+    import numpy as np
+    import torch.nn.functional as F
+
+    from model import Transformer, preset
+    from plumbing import heldout, linear_ce
+    torch.manual_seed(0)
+    m = Transformer(preset("11m", 256, 32))
+    ids = np.random.default_rng(0).integers(0, 256, 1000)
+    a = argparse.Namespace(block_size=32, batch_size=4, eval_batches=2)
+    with torch.no_grad():  # what it must equal: the cross-entropy of the full logits of the 8 windows
+        xy = torch.from_numpy(np.stack([ids[s : s + 33] for s in range(0, 8 * 32, 32)]))
+        want = F.cross_entropy(m(xy[:, :-1]).flatten(0, 1), xy[:, 1:].flatten()).item()
+    monkeypatch.setattr(m.lm_head, "forward", lambda *_: pytest.fail("text_loss asked for the full logits"))
+    got = heldout.text_loss(m, (ids, np.ones(len(ids), dtype=np.int64)), None, a, "cpu", nullcontext())
+    assert got["loss"] == pytest.approx(want, rel=1e-5) and got["bpb"] == pytest.approx(want / np.log(2), rel=1e-5)
+    # the same path at the paper's eval batch, 256 x 512 tokens over 100,352 ids, on the meta device (shapes
+    # without memory): one chunk of at most CHUNK_FLOATS["cuda"] logits at a time, never the 13G of them
+    with torch.device("meta"):
+        big = Transformer(preset("11m", block_size=512))
+        x = torch.zeros(256, 512, dtype=torch.long)
+        with torch.no_grad():
+            big(x, x)
+    assert linear_ce.LAST_CALL["rows"] == 256 * 512 and big.args.vocab_size == 100_352
+    assert linear_ce.LAST_CALL["chunk_logits"] <= linear_ce.CHUNK_FLOATS["cuda"] < 256 * 512 * 100_352 // 100
+
+
 def test_eval_text_errors_are_one_line(data_dir, tmp_path):
     with pytest.raises(SystemExit, match="--eval-text .*no such file"):
         run_train(data_dir, tmp_path / "a", "--max-steps", 0, "--eval-text", tmp_path / "none.txt")
