@@ -1,10 +1,12 @@
 """model.py: the decoder's defining properties."""
+import os
 import runpy
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from torch._dynamo.utils import counters
 from torch.func import functional_call
 
 import model
@@ -222,3 +224,44 @@ def test_cpu_loss_and_gradients_under_bf16_autocast_stay_near_float32(monkeypatc
     assert loss16.dtype == torch.float32 and abs(loss16.item() - loss32.item()) < 0.01
     err = sum((a - b).pow(2).sum() for a, b in zip(g16, g32)).sqrt() / sum(b.pow(2).sum() for b in g32).sqrt()
     assert err < 0.02  # bf16 matmuls: about 0.6% at the 11m model's shapes
+
+
+def compiled_step_equals_eager(backend, grads):
+    """The 11m decoder's LM step (the loss, and with grads its gradients), and a meta step's decoder
+    pass with fast weights (functional_call, as tasks.base.decoder runs it), compiled with
+    `backend`: one graph each, no graph break but the chunked loss's deliberate one (its ~200-chunk
+    loop would unroll into the graph; it runs eagerly), and the eager numbers."""
+    torch.manual_seed(0)
+    m = Transformer(preset("11m", 256, 32))
+    x, y = torch.randint(0, 256, (4, 32)), torch.randint(0, 256, (4, 32))
+    fast = {n: p.detach() + 0.01 for n, p in m.named_parameters() if n.startswith("layers.11.")}  # adapted weights
+    weights = {**dict(m.named_parameters()), **fast}
+    with torch.set_grad_enabled(grads):
+        want = m(x, y)
+        want_g = torch.autograd.grad(want, list(m.parameters())) if grads else []
+        want_h = functional_call(m, weights, (x,), {"hidden": True})
+        torch._dynamo.reset()
+        counters.clear()
+        got = torch.compile(m, backend=backend)(x, y)
+        got_g = torch.autograd.grad(got, list(m.parameters())) if grads else []
+        got_h = torch.compile(functional_call, backend=backend)(m, weights, (x,), {"hidden": True})
+    breaks = [r for r in counters["graph_break"] if "linear_cross_entropy" not in r]
+    assert not breaks and counters["stats"]["unique_graphs"] == 2, (breaks, dict(counters["stats"]))
+    assert got.item() == pytest.approx(want.item(), abs=1e-5)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(got_g, want_g))
+    lm_loss = lambda h: F.cross_entropy((h @ m.lm_head.weight.T).flatten(0, 1), y.flatten())  # --task lm's inner loss
+    assert lm_loss(got_h).item() == pytest.approx(lm_loss(want_h).item(), abs=1e-5)
+    assert torch.allclose(got_h, want_h, atol=1e-4)  # the features smlmt and pico read (values ~1)
+
+
+def test_the_decoder_compiles_without_a_graph_break_and_gives_the_eager_numbers():
+    """What would silently cost speed on a GPU, caught on a CPU: a graph break in the decoder's
+    forward (complex tensors, data-dependent Python, host reads). Through dynamo and AOT autograd
+    (aot_eager, the front half of inductor), in seconds."""
+    compiled_step_equals_eager("aot_eager", grads=False)
+
+
+@pytest.mark.skipif(not os.environ.get("METALM_SLOW_TESTS"), reason="inductor's C++ compile takes 25-50 s on 2 cores; "
+                    "METALM_SLOW_TESTS=1 runs it (scripts/gpu.sh DRY=1 does)")
+def test_inductor_on_the_cpu_gives_the_eager_numbers_and_gradients():
+    compiled_step_equals_eager("inductor", grads=True)
