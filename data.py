@@ -40,6 +40,7 @@ EMBEDDED = Path(__file__).resolve().parent / "corpus" / "tinyshakespeare.txt.gz"
 EMBEDDED_VAL_FRACTION = 0.05
 # the CPU recipe (plumbing/config.py) trains on the embedded corpus with its 8,192 most frequent ids
 CPU_VOCAB = 8192
+FALLBACK_EPOCHS = 20  # the most passes over the embedded corpus a run that fell back to it may make
 DEFAULT_DATA_DIR = {"paper": "data/tinystories", "cpu": f"data/tinyshakespeare{CPU_VOCAB // 1024}k"}
 CACHE_DIR = Path(os.environ.get("METALM_CACHE", Path.home() / ".cache" / "metalm"))
 EOT_TEXT = "<|endoftext|>"
@@ -405,6 +406,12 @@ def default_data(a):
         return a.data_dir
     if not (Path(embedded) / "meta.json").exists():
         prepare([str(EMBEDDED)], embedded, CPU_VOCAB if a.recipe == "cpu" else None, EMBEDDED_VAL_FRACTION)
+    n, tokens = load_meta(embedded)["train_tokens"], a.max_steps * a.batch_size * a.block_size * a.grad_accum
+    if a.recipe == "paper" and tokens > FALLBACK_EPOCHS * n:  # e.g. a GPU run offline: 1,000 epochs of 0.3M tokens
+        raise UserError(f"no --data-dir, TinyStories cannot be had, and the embedded corpus's {n:,} train tokens would "
+                        f"be repeated {tokens / n:,.0f} times by --max-steps {a.max_steps} x {a.batch_size} x "
+                        f"{a.block_size} tokens; prepare a corpus (python data.py --source FILE_OR_DIR --out-dir DIR) and "
+                        "give --data-dir DIR, or train on the embedded corpus at its own shapes with --recipe cpu")
     print(f"corpus: the embedded TinyShakespeare (corpus/README.md), prepared in {embedded}. To train on TinyStories "
           "or your own data: python data.py --source SRC --out-dir DIR, then --data-dir DIR")
     return embedded

@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from plumbing.linear_ce import linear_cross_entropy
+from plumbing import linear_ce
 
 CL100K_VOCAB = 100_277  # cl100k_base, special tokens included
 
@@ -69,15 +69,16 @@ def rope_tables(head_dim, block_size, theta):
     return angles.cos(), angles.sin()
 
 
-def apply_rope(x, cos, sin):
-    # rotate each (even, odd) pair of channels by a position-dependent angle, so that q.k
-    # depends only on the distance between the two positions: the complex product
-    # (x_even + i x_odd) * (cos + i sin), written in real arithmetic (torch.compile generates
-    # code for it; complex tensors fall back to eager kernels)
+def apply_rope(x, cos, sin, real=None):
+    # rotate each (even, odd) pair of channels by a position-dependent angle, so that q.k depends
+    # only on the distance between the two positions: (x_even + i x_odd) * (cos + i sin). Eagerly
+    # one complex product (one kernel each way, twice as fast as the real form on a CPU); compiled,
+    # in real arithmetic, which inductor generates code for (complex tensors fall back to eager)
     xf = x.float().unflatten(-1, (-1, 2))  # (B, nh, T, hd/2, 2)
+    if not (torch.compiler.is_compiling() if real is None else real):
+        return torch.view_as_real(torch.view_as_complex(xf) * torch.complex(cos, sin)).flatten(-2).type_as(x)
     even, odd = xf[..., 0], xf[..., 1]  # (B, nh, T, hd/2) each
-    out = torch.stack([even * cos - odd * sin, even * sin + odd * cos], dim=-1)  # (B, nh, T, hd/2, 2)
-    return out.flatten(-2).type_as(x)  # (B, nh, T, hd)
+    return torch.stack([even * cos - odd * sin, even * sin + odd * cos], -1).flatten(-2).type_as(x)  # (B, nh, T, hd)
 
 
 class Attention(nn.Module):
@@ -193,5 +194,5 @@ class Transformer(nn.Module):
         if hidden:
             return x
         if targets is not None:  # the mean next-token loss, without ever forming the (B*T, V) logits
-            return linear_cross_entropy(x.view(B * T, -1), self.lm_head.weight, targets.reshape(B * T))
+            return linear_ce.linear_cross_entropy(x.view(B * T, -1), self.lm_head.weight, targets.reshape(B * T))
         return self.lm_head(x)  # (B, T, V)

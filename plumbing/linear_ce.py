@@ -59,7 +59,6 @@ LAST_CALL = {}  # the shapes of the last call: rows, rows per chunk, logits per 
 CHUNK_FLOATS = {"cpu": 2**21, "cuda": 2**26}  # logits per chunk: 8 MB fits a CPU's cache; 256 MB keeps a GPU busy
 
 
-@torch.compiler.disable  # under --compile, a loop of ~200 chunks would unroll into the graph; it runs eagerly
 def linear_cross_entropy(x, w, y, chunk_floats=None, min_rows=128):
     """F.cross_entropy(x @ w.T, y, ignore_index=-1), its gradients taken during the forward
     pass when autograd will want them (training always does: one pass and three matmuls per
@@ -72,3 +71,15 @@ def linear_cross_entropy(x, w, y, chunk_floats=None, min_rows=128):
     chunk_floats = chunk_floats or CHUNK_FLOATS.get(x.device.type, CHUNK_FLOATS["cuda"])
     grads = torch.is_grad_enabled() and (x.requires_grad or w.requires_grad)
     return LinearCrossEntropy.apply(x, w, y, max(min_rows, chunk_floats // w.shape[0]), grads)
+
+
+def keep_out_of_compiled_graphs():
+    """--compile: the loss runs eagerly, a break at the end of the decoder's graph; traced, its loop
+    of ~200 chunks would unroll into it. Done here, when a run compiles, and not as a decorator:
+    that would import torch._dynamo (a second per process) into every command."""
+    global linear_cross_entropy, _kept_out
+    if not _kept_out:
+        linear_cross_entropy, _kept_out = torch.compiler.disable(linear_cross_entropy), True
+
+
+_kept_out = False

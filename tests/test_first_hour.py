@@ -98,6 +98,10 @@ def test_the_default_corpus_is_the_embedded_one_and_needs_no_network(tmp_path, m
     out = capsys.readouterr().out
     assert "TinyStories cannot be had (cannot download" in out and "corpus: the embedded TinyShakespeare" in out
     assert data.load_meta(tmp_path / "data" / "tinyshakespeare")["vocab_size"] > 100_000
+    with pytest.raises(SystemExit, match=r"^train.py: error: no --data-dir, TinyStories cannot be had, and the embedded "
+                                         r"corpus's .* train tokens would be repeated 1,\d{3} times by --max-steps 20000 x 32 "
+                                         r"x 512 tokens; prepare a corpus .* or .* --recipe cpu$"):
+        train.main(["--recipe", "paper", "--out-dir", "out3", *QUIET])  # the paper's shapes, offline (a GPU's default)
 
 
 def test_ctrl_c_is_one_line_exit_130_and_resume_continues(tmp_path):

@@ -45,7 +45,9 @@ def parse(argv=None):
     p.add_argument("--uner-dir", help="probe each final checkpoint on UNER (eval_ner.py --mode head, trained on --ner-train)")
     p.add_argument("--ner-train", default="da_ddt", help="eval_ner.py --train")
     p.add_argument("--plan", action="store_true", help="print the runs and their estimated time, run nothing")
-    p.add_argument("--budget-min", type=float, default=None, help="--plan: say which runs fit in this many minutes")
+    p.add_argument("--budget-min", type=float, default=None,
+                   help="with --plan: say which runs fit in this many minutes; without: time a step first, then run only "
+                        "the seeds whose runs (every arm) fit")
     a = p.parse_args(ours)
     arms = dict(ARMS) | {k: shlex.split(v) for k, v in (s.split("=", 1) for s in a.arm)}
     for name in a.arms.split(","):
@@ -84,15 +86,34 @@ def plan(a, todo, steps, train_flags):
                              "--dynamics-every", "0", "--out-dir", tmp])
         run = train.setup(t, 0, 1, *config.hardware(t.device, t.dtype))
         ms = {k: bench.timed(lambda: train.train_step(run, t, k, 0), 1, 2, run.device) for k in ("lm", "meta")}
-    total = 0.0
+    total, seconds = 0.0, []
     print(f"{len(todo)} runs of {steps} steps; measured: LM step {ms['lm']:.0f} ms, meta step {ms['meta']:.0f} ms")
     for name, d, argv in todo:
         meta_frac = 0.25 if "--meta" in argv else 0.0  # half of the steps after --meta-start (half of the run)
         s = 0.0 if finished(d, steps) else steps * (ms["lm"] * (1 - meta_frac) + ms["meta"] * meta_frac) / 1000
         total += s
+        seconds.append(s)
         fits = a.budget_min is None or total <= 60 * a.budget_min
         print(f"  {name:<16} {'done' if s == 0 else f'{s / 60:6.1f} min'}  (total {total / 60:6.1f} min)"
               + ("" if fits else "  beyond --budget-min"))
+    return seconds
+
+
+def within_budget(a, todo, seconds):
+    """The runs of the seeds whose every run fits in --budget-min (seed-major: whole seeds, so the
+    arms stay balanced)."""
+    per_seed = len(todo) // len(a.seeds.split(","))
+    keep, total = [], 0.0
+    for i in range(0, len(todo), per_seed):
+        total += sum(seconds[i : i + per_seed])
+        if total > 60 * a.budget_min:
+            break
+        keep += todo[i : i + per_seed]
+    if not keep:
+        raise UserError(f"--budget-min {a.budget_min:g}: the first seed's runs take {sum(seconds[:per_seed]) / 60:.1f} "
+                        "min; give more minutes, fewer --tokens or fewer --arms")
+    print(f"--budget-min {a.budget_min:g}: {len(keep) // per_seed} of {len(todo) // per_seed} seeds fit", flush=True)
+    return keep
 
 
 def call(main, argv, log):
@@ -112,6 +133,8 @@ def main(argv=None):
         todo, steps = runs(a, arms, train_flags)
         if a.plan:
             return plan(a, todo, steps, train_flags)
+        if a.budget_min is not None:
+            todo = within_budget(a, todo, plan(a, todo, steps, train_flags))
         Path(a.out).mkdir(parents=True, exist_ok=True)
         for name, d, argv in todo:
             if finished(d, steps):
