@@ -1,0 +1,176 @@
+"""
+The adaptation probe: how fast a checkpoint learns a text it was not trained on. For each budget
+of N tokens, fine-tune every weight with AdamW on the text's first N tokens, and score a disjoint
+held-out part of the same text at log-spaced steps (0, 1, 2, 4, ... --steps). The learning rate
+comes from a small grid (--lrs), chosen per budget on a dev part of the text, the same way for
+every checkpoint: no arm gets a tuned advantage.
+
+    python -m tools.adapt --ckpt out/ckpt.pt --text corpus/tinyshakespeare.txt.gz --out adapt.json
+
+The text, as tokens in order: [the largest budget][--dev-tokens][--heldout-tokens]. One JSON per
+checkpoint and text: per budget the chosen lr (and each lr's dev loss), the curve (step, tokens,
+FLOPs, held-out loss, bits per byte), its area (the mean loss over log2(1 + step), so the early
+steps weigh as much as the late ones), and the steps, tokens and FLOPs to reach --target.
+Seeded: the same checkpoint and flags give the same curve.
+"""
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import data as datalib
+from plumbing import checkpoint, config
+from plumbing.accounting import count_model, flops_per_token
+from plumbing.errors import UserError
+
+
+def parse(argv=None):
+    p = argparse.ArgumentParser(prog="adapt.py", description=__doc__, allow_abbrev=False,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ckpt", required=True, help="a train.py checkpoint")
+    p.add_argument("--text", required=True, help="the text to learn (.txt, .txt.gz, .jsonl), not in the training data")
+    p.add_argument("--out", required=True, help="the JSON file to write")
+    p.add_argument("--budgets", default="4096,16384,65536", help="training tokens, comma-separated (few-shot to more)")
+    p.add_argument("--dev-tokens", type=int, default=8192, help="the part the lr is chosen on")
+    p.add_argument("--heldout-tokens", type=int, default=16384, help="the part the curve is scored on")
+    p.add_argument("--steps", type=int, default=64, help="fine-tuning steps per budget")
+    p.add_argument("--batch-size", type=int, default=8, help="windows per step")
+    p.add_argument("--block-size", type=int, default=None, help="tokens per window (default: the checkpoint's)")
+    p.add_argument("--lrs", default="1e-4,3e-4,1e-3", help="the AdamW learning rates tried on dev, comma-separated")
+    p.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay (matrices only, as train.py)")
+    p.add_argument("--target", type=float, default=None, help="a held-out loss: the steps, tokens and FLOPs to reach it")
+    p.add_argument("--max-unk", type=float, default=0.05, help="warn when a trimmed vocabulary maps more than this "
+                                                                "share of the text to <unk>")
+    p.add_argument("--seed", type=int, default=0, help="seeds the batches")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--text-field", default="text", help="the JSON field of a .jsonl text")
+    a = p.parse_args(argv)
+    try:
+        a.budget_list = sorted({int(float(x)) for x in a.budgets.split(",")})
+        a.lr_list = [float(x) for x in a.lrs.split(",")]
+    except ValueError:
+        raise UserError(f"--budgets {a.budgets!r} / --lrs {a.lrs!r}: give numbers, comma-separated") from None
+    for flag, least in (("steps", 1), ("batch_size", 1), ("dev_tokens", 1), ("heldout_tokens", 1)):
+        if getattr(a, flag) < least:
+            raise UserError(f"--{flag.replace('_', '-')} {getattr(a, flag)}: must be at least {least}")
+    if min(a.lr_list) <= 0 or a.budget_list[0] < 1:
+        raise UserError("--lrs and --budgets: every value must be > 0")
+    return a
+
+
+def eval_steps(steps):
+    """0, 1, 2, 4, ... and the last step."""
+    return sorted({0, steps} | {2**k for k in range(int(math.log2(steps)) + 1)})
+
+
+class Probe:
+    """The checkpoint's model, the text cut into its parts, and the fine-tuning loop."""
+
+    def __init__(self, a):
+        self.a = a
+        self.device = config.hardware(a.device, "float32")[0]
+        self.ckpt = checkpoint.load(a.ckpt, fallback=False)
+        self.T = a.block_size or self.ckpt["model_args"]["block_size"]
+        if not 1 <= self.T <= self.ckpt["model_args"]["block_size"]:
+            raise UserError(f"--block-size {self.T}: the checkpoint's model covers 1 to "
+                            f"{self.ckpt['model_args']['block_size']} tokens")
+        tok = datalib.Tokenizer(self.ckpt["data_meta"], self.ckpt["config"].get("data_dir"), self.ckpt.get("vocab_map"))
+        if not Path(a.text).is_file():
+            raise UserError(f"--text {a.text}: no such file")
+        ids, nbytes = datalib.held_out_text(a.text, tok, a.text_field)
+        need = a.budget_list[-1] + a.dev_tokens + a.heldout_tokens
+        if len(ids) < need + 1:
+            raise UserError(f"--text {a.text} has {len(ids):,} tokens; the largest budget, --dev-tokens and "
+                            f"--heldout-tokens need {need + 1:,}: lower them, or give a longer text")
+        self.unk_frac = float((ids[:need] == tok.unk).mean()) if tok.unk is not None and tok.old_of_new is not None else 0.0
+        if self.unk_frac > a.max_unk:
+            print(f"adapt.py: warning: the checkpoint's trimmed vocabulary maps {self.unk_frac:.1%} of {a.text} to <unk> "
+                  f"(over --max-unk {a.max_unk:g}); the losses are easier than the text", file=sys.stderr)
+        b = a.budget_list[-1]
+        self.train = ids[:b]
+        self.dev = (ids[b : b + a.dev_tokens + 1], nbytes[b : b + a.dev_tokens + 1])
+        h = b + a.dev_tokens
+        self.heldout = (ids[h : h + a.heldout_tokens + 1], nbytes[h : h + a.heldout_tokens + 1])
+        model = checkpoint.build_model(self.ckpt)
+        self.flops_per_step = flops_per_token(model.args, self.T, non_emb=count_model(model)[1]) * a.batch_size * self.T
+
+    @torch.no_grad()
+    def score(self, model, part):
+        """Mean next-token loss and bits per byte over the part's windows (stride T, every token once)."""
+        ids, nbytes = part
+        starts = np.arange(0, len(ids) - self.T, self.T)
+        nats = 0.0
+        for i in range(0, len(starts), 64):
+            xy = torch.from_numpy(np.stack([ids[s : s + self.T + 1] for s in starts[i : i + 64]])).to(self.device)
+            nats += model(xy[:, :-1], xy[:, 1:]).item() * xy[:, 1:].numel()
+        n, scored = len(starts) * self.T, sum(int(nbytes[s + 1 : s + self.T + 1].sum()) for s in starts)
+        return nats / n, nats / math.log(2) / max(1, scored)
+
+    def finetune(self, budget, lr, at, part):
+        """AdamW on the first `budget` tokens for --steps steps, from the checkpoint; the part's
+        (loss, bpb) at each step in `at`."""
+        a = self.a
+        torch.manual_seed(a.seed)
+        model = checkpoint.build_model(self.ckpt, self.device)
+        params = list(model.parameters())
+        opt = torch.optim.AdamW([{"params": [p for p in params if p.dim() >= 2], "weight_decay": a.weight_decay},
+                                 {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}],
+                                lr=lr, betas=(0.9, 0.95))
+        tokens = self.train[:budget]
+        if len(tokens) <= self.T + 1:
+            raise UserError(f"--budgets {budget}: a budget needs more than --block-size + 1 = {self.T + 1} tokens")
+        out = {}
+        for step in range(a.steps + 1):
+            if step in at:
+                model.eval()
+                out[step] = self.score(model, part)
+                model.train()
+            if step == a.steps:
+                break
+            x, y = datalib.get_batch(tokens, a.batch_size, self.T, a.seed, budget, step, self.device)
+            model(x, y).backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        return out
+
+    def budget(self, n):
+        a = self.a
+        dev = {lr: self.finetune(n, lr, {a.steps}, self.dev)[a.steps][0] for lr in a.lr_list}
+        lr = min(a.lr_list, key=lambda x: (dev[x], x))  # the lowest dev loss; a tie goes to the smaller lr
+        steps = eval_steps(a.steps)
+        scored = self.finetune(n, lr, set(steps), self.heldout)
+        curve = [{"step": s, "tokens": s * a.batch_size * self.T, "flops": s * self.flops_per_step,
+                  "loss": scored[s][0], "bpb": scored[s][1]} for s in steps]
+        x = np.log2(1 + np.array(steps))
+        losses = np.array([c["loss"] for c in curve])
+        area = float(((losses[1:] + losses[:-1]) / 2 * np.diff(x)).sum() / (x[-1] - x[0]))  # trapezoids
+        reach = next((c for c in curve if a.target is not None and c["loss"] <= a.target), None)
+        return {"lr": lr, "dev_loss": {f"{k:g}": v for k, v in dev.items()}, "curve": curve, "area": area,
+                "to_target": None if reach is None else {k: reach[k] for k in ("step", "tokens", "flops")}}
+
+
+def main(argv=None):
+    try:
+        a = parse(argv)
+        probe = Probe(a)
+        result = {"ckpt": str(a.ckpt), "step": probe.ckpt["step"], "config": probe.ckpt["config"], "text": str(a.text),
+                  "unk_frac": probe.unk_frac, "block_size": probe.T, "batch_size": a.batch_size, "steps": a.steps,
+                  "lrs": a.lr_list, "target": a.target, "seed": a.seed, "dev_tokens": a.dev_tokens,
+                  "heldout_tokens": a.heldout_tokens, "flops_per_step": probe.flops_per_step, "budgets": {}}
+        for n in a.budget_list:
+            r = result["budgets"][str(n)] = probe.budget(n)
+            print(f"budget {n:,} tokens: lr {r['lr']:g}; held-out loss {r['curve'][0]['loss']:.4f} -> "
+                  f"{r['curve'][-1]['loss']:.4f} in {a.steps} steps; area {r['area']:.4f}", flush=True)
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        datalib.write_atomic(Path(a.out), lambda f: f.write(json.dumps(result, indent=1, default=str).encode()))
+        print(f"wrote {a.out}")
+    except UserError as e:
+        sys.exit(f"adapt.py: error: {e}")
+
+
+if __name__ == "__main__":
+    main()
