@@ -153,6 +153,70 @@ class Probe:
                 "to_target": None if reach is None else {k: reach[k] for k in ("step", "tokens", "flops")}}
 
 
+# ----------------------------------------------------------------------------- reading the files (tools/compare.py --adapt)
+
+def figures(sets):
+    """{figure: {run dir: value}} from adaptation files ({label: {run dir: this tool's JSON}}): per
+    text and budget, the curve's area, the steps to --target, and the held-out loss at each step."""
+    figs = {}
+    for label, by_dir in sets.items():
+        budgets = sorted({int(n) for r in by_dir.values() for n in r["budgets"]})
+        for n in budgets:
+            name = f"adapt {label}, {n:,} tokens"
+            runs = {d: r["budgets"].get(str(n)) for d, r in by_dir.items()}
+            figs[f"{name}: area (mean loss over log steps)"] = {d: b and b["area"] for d, b in runs.items()}
+            if any(r.get("target") is not None for r in by_dir.values()):
+                figs[f"{name}: steps to loss {next(iter(by_dir.values()))['target']}"] = {
+                    d: b and (b["to_target"] or {}).get("step") for d, b in runs.items()}
+            steps = sorted({c["step"] for b in runs.values() if b for c in b["curve"]})
+            for s in steps:
+                figs[f"{name}: loss at step {s}"] = {
+                    d: b and next((c["loss"] for c in b["curve"] if c["step"] == s), None) for d, b in runs.items()}
+    return figs
+
+
+def report(arms, sets):
+    """The adaptation tables of an arms report: mean ± sd per arm, and each arm minus the first,
+    paired by seed, with its 95% t interval."""
+    from tools.arms import cell, diff, mean_sd
+    base_name, base = arms[0]
+    out = ["## Adaptation to unseen text (tools/adapt.py)", "",
+           "Fine-tuning every weight on the first N tokens of each text; held-out loss. Mean ± sd over seeds; "
+           f"the difference to `{base_name}` paired by seed, with its 95% t interval.", "",
+           "| figure | " + " | ".join(n for n, _ in arms) + " | " + " | ".join(f"{n} − {base_name}" for n, _ in arms[1:])
+           + " |", "|---" * (2 * len(arms)) + "|"]
+    for fig, vals in figures(sets).items():
+        cells = [mean_sd([vals.get(r["dir"]) for r in rs]) for _, rs in arms]
+        cells += [cell(*diff(base, rs, lambda r: vals.get(r["dir"]))) for _, rs in arms[1:]]
+        out.append(f"| {fig} | " + " | ".join(cells) + " |")
+    return out
+
+
+def plots(arms, sets, out_dir, plt):
+    """adapt_LABEL.png per text: held-out loss against fine-tuning steps, a panel per budget, one
+    colour per arm (its mean over seeds, and the band from the lowest to the highest seed)."""
+    from tools.arms import save
+    colors = {n: plt.cm.tab10(i) for i, (n, _) in enumerate(arms)}
+    files = []
+    for label, by_dir in sets.items():
+        budgets = sorted({int(n) for r in by_dir.values() for n in r["budgets"]})
+        fig, axes = plt.subplots(1, len(budgets), figsize=(4.5 * len(budgets), 3.8), squeeze=False, sharey=True)
+        for ax, n in zip(axes[0], budgets):
+            for name, rs in arms:
+                curves = [by_dir[r["dir"]]["budgets"][str(n)]["curve"] for r in rs if r["dir"] in by_dir]
+                if not curves:
+                    continue
+                x = [c["step"] for c in curves[0]]
+                v = np.array([[c["loss"] for c in cv] for cv in curves])  # (seeds, steps)
+                ax.plot(x, v.mean(0), marker=".", color=colors[name], label=f"{name} ({len(curves)})")
+                ax.fill_between(x, v.min(0), v.max(0), color=colors[name], alpha=0.25, lw=0)
+            ax.set_xscale("symlog", linthresh=1), ax.set_title(f"{label}: {n:,} tokens"), ax.grid(alpha=0.3)
+            ax.set_xlabel("fine-tuning step"), ax.set_ylabel("held-out loss")
+        axes[0][-1].legend()
+        files.append(save(fig, Path(out_dir) / f"adapt_{label}.png"))
+    return files
+
+
 def main(argv=None):
     try:
         a = parse(argv)

@@ -28,6 +28,7 @@ import numpy as np
 
 from data import fingerprint
 from plumbing.errors import UserError
+from tools import adapt as adaptlib
 from tools import arms as armslib
 from tools.arms import crossing, group_arms, save
 
@@ -191,13 +192,20 @@ def lr_layers(inner_lrs):
     return dict(sorted(out.items(), key=lambda kv: rank(kv[0])))  # input to output
 
 
-def plots(runs, arms, out_dir):
-    """With arms of several seeds, one colour per arm (arms.arm_plots); else one line per run."""
+def matplotlib_or_none():
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        return plt
     except ImportError:
+        return None
+
+
+def plots(runs, arms, out_dir):
+    """With arms of several seeds, one colour per arm (arms.arm_plots); else one line per run."""
+    plt = matplotlib_or_none()
+    if plt is None:
         print("note: matplotlib is not installed, so no plots (pip install matplotlib); tables only")
         return []
     if arms:
@@ -251,6 +259,9 @@ def main(argv=None):
     p.add_argument("--ner", action="append", default=[], metavar="[LABEL=]FILE,FILE,...",
                    help="eval_ner.py --out files, one per run, in the same order ('-' for a run without one); "
                         "repeatable with a label each (e.g. head@600=..., full=...)")
+    p.add_argument("--adapt", action="append", default=[], metavar="[LABEL=]FILE,FILE,...",
+                   help="tools/adapt.py --out files, one per run, in the same order ('-' for none); once per text, "
+                        "labelled (default: the text's file name)")
     p.add_argument("--out", default="report.md", help="markdown report; plots go beside it")
     a = p.parse_args(argv)
     try:
@@ -276,6 +287,18 @@ def main(argv=None):
                 if f != "-" and not Path(f).exists():
                     raise UserError(f"--ner: {f} not found; write it with eval_ner.py --out")
             ner[label] = [None if f == "-" else json.loads(Path(f).read_text()) for f in files]  # -: none for that run
+        adapted = {}
+        for spec in a.adapt:
+            label, _, files = spec.rpartition("=")
+            files = files.split(",")
+            if len(files) != len(runs):
+                raise UserError(f"--adapt: {len(files)} files for {len(runs)} runs; give one per run, in order")
+            for f in files:
+                if f != "-" and not Path(f).exists():
+                    raise UserError(f"--adapt: {f} not found; write it with python -m tools.adapt --out")
+            got = {r["dir"]: json.loads(Path(f).read_text()) for r, f in zip(runs, files) if f != "-"}
+            label = label or Path(next(iter(got.values()))["text"]).name.split(".")[0]
+            adapted[label] = got
     except (UserError, ValueError) as e:
         sys.exit(f"compare.py: error: {e}")
     text, summary = report(runs, targets, ner)
@@ -288,6 +311,11 @@ def main(argv=None):
         if len(arms) > 1:
             (out.parent / "gap.json").write_text(json.dumps(armslib.gap_json(arms)))
     files = plots(runs, arms if seeded else None, out.parent)
+    if adapted:  # one arm per run when the runs are not grouped by seeds
+        by_arm = arms if seeded else [(r["name"], [r]) for r in runs]
+        text += "\n" + "\n".join(adaptlib.report(by_arm, adapted)) + "\n"
+        plt = matplotlib_or_none()
+        files += adaptlib.plots(by_arm, adapted, out.parent, plt) if plt else []
     text += "".join(f"\n![{f.stem}]({f.name})\n" for f in files)
     out.write_text(text)
     print(text)
