@@ -2,6 +2,7 @@
 import json
 import random
 
+import numpy as np
 import pytest
 import torch
 from conftest import NAMES, PLACES, THINGS, VERBS, run_train
@@ -100,8 +101,9 @@ def write_uner(root, seed):
             lines += [f"# sent_id = {split}-{s}"] + [f"{i + 1}\t{w}\t{t}" for i, (w, t) in enumerate(words)] + [""]
         (root / "toy").mkdir(parents=True, exist_ok=True)
         (root / "toy" / f"{split}.iob2").write_text("\n".join(lines) + "\n")
-    (root / "testonly").mkdir(exist_ok=True)
-    (root / "testonly" / "test.iob2").write_text((root / "toy" / "test.iob2").read_text())
+    for code in ("testonly", "tl_trg"):  # test-only sets; tl_trg is reported apart as well
+        (root / code).mkdir(exist_ok=True)
+        (root / code / "test.iob2").write_text((root / "toy" / "test.iob2").read_text())
 
 
 @pytest.fixture(scope="module")
@@ -119,10 +121,13 @@ def test_head_probe_learns_the_toy_set_and_writes_its_outputs(ckpt, tmp_path):
     untrained = ner.run(ner.parse(base + ["--epochs", "1", "--head-lr", "1e-12"]))[0]["toy"]["f1"]  # a random head
     ner.main(base + ["--epochs", "5", "--head-lr", "1e-4,1e-2", "--out", str(tmp_path / "r.json"), "--pred-dir", str(tmp_path / "pred")])
     r = json.loads((tmp_path / "r.json").read_text())
-    assert set(r) == {"ckpt", "mode", "train", "word_feature", "head_lr", "head_lr_dev_f1", "results", "avg_f1"}
+    assert set(r) == {"ckpt", "mode", "train", "word_feature", "head_lr", "head_lr_dev_f1", "results", "avg_f1", "apart",
+                      "avg_f1_rest"}
+    assert r["apart"] == {"tl_trg": r["results"]["tl_trg"]["f1"]}  # the Tagalog set apart, as the follow-up paper
+    assert r["avg_f1_rest"] == pytest.approx(np.mean([v["f1"] for c, v in r["results"].items() if c != "tl_trg"]))
     assert r["train"] == ["toy"] and r["word_feature"] == "first"
     assert r["head_lr"] == 1e-2 and r["head_lr_dev_f1"]["0.01"] > r["head_lr_dev_f1"]["0.0001"]  # chosen on dev
-    assert set(r["results"]) == {"toy", "testonly"}  # test-only sets are evaluated too
+    assert set(r["results"]) == {"toy", "testonly", "tl_trg"}  # test-only sets are evaluated too
     toy = r["results"]["toy"]
     assert {"precision", "recall", "f1", "n_gold", "n_pred", "per_type"} <= set(toy) and toy["n_gold"] == 80
     assert toy["f1"] > 0.8 and toy["f1"] > untrained + 0.5

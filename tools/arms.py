@@ -131,6 +131,9 @@ def arm_figures(runs, targets, ner_sets):
                                             for r in runs}
     for label, by_dir in ner_sets.items():
         figs[f"UNER average F1 (%){' ' + label if label else ''}"] = {d: 100 * n["avg_f1"] for d, n in by_dir.items()}
+        for code in sorted({c for n in by_dir.values() for c in n.get("apart", {})}):  # e.g. tl_trg, zero-shot
+            figs[f"UNER {code} F1 (%){' ' + label if label else ''}"] = {
+                d: 100 * n["apart"][code] if code in n.get("apart", {}) else None for d, n in by_dir.items()}
     return figs
 
 
