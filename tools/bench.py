@@ -59,7 +59,7 @@ def timed(fn, warmup, steps, device):
     return float(np.median(ms))
 
 
-def matmul_flops(device, dtype, steps=10):
+def matmul_flops(device, dtype, steps=10, warmup=3):
     """FLOP/s of an n x n @ n x n matmul: what this device's matrix units deliver in this dtype
     (n = 2048 on a CPU; 8192 on a GPU, which a 2048 matmul does not fill).
     A CPU without bf16 matrix instructions (no AVX-512 BF16 / AMX) runs bf16 matmuls in a slow
@@ -70,7 +70,7 @@ def matmul_flops(device, dtype, steps=10):
         return small
     n = 8192 if device == "cuda" else 2048
     a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
-    ms = timed(lambda: a @ b, 3, steps, device)
+    ms = timed(lambda: a @ b, warmup, steps, device)
     return 2 * n**3 / (ms / 1000)
 
 
@@ -218,7 +218,7 @@ def measure(b, a, run):
     total, non_emb = count_model(run.model)
     lm_tokens = a.batch_size * a.block_size * a.grad_accum
     lm_flops, peak = run.flops["lm"], peak_flops(run.device)  # as train.py counts them
-    mm = {d: matmul_flops(b.device, getattr(torch, d)) for d in ("float32", "bfloat16")}
+    mm = {d: matmul_flops(b.device, getattr(torch, d), b.steps, min(3, b.warmup)) for d in ("float32", "bfloat16")}
     lm_ms = timed(lm_step, b.warmup, b.steps, b.device)
     meta_ms = timed(meta_step, b.warmup, b.steps, b.device)
     r = {"size": b.size, "device": b.device, "dtype": b.dtype, "compile": b.compile, "threads": torch.get_num_threads(),
