@@ -249,6 +249,19 @@ def inner_lr_plots(runs, out_dir, plt):
     return files
 
 
+def file_set(spec, runs, flag, writer):
+    """(label, [the JSON of each run's file, or None for '-']) of a flag's [LABEL=]FILE,FILE,... value."""
+    label, _, names = spec.rpartition("=")
+    names = names.split(",")
+    if len(names) != len(runs):
+        raise UserError(f"{flag}{' ' + label if label else ''}: {len(names)} files for {len(runs)} runs; give one per run, "
+                        "in order")
+    for f in names:
+        if f != "-" and not Path(f).exists():
+            raise UserError(f"{flag}: {f} not found; write it with {writer}")
+    return label, [None if f == "-" else json.loads(Path(f).read_text()) for f in names]  # -: none for that run
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 allow_abbrev=False)
@@ -277,28 +290,12 @@ def main(argv=None):
         arms = arms or group_arms(runs)
         check_same_data(runs)
         targets = [float(t) for t in a.targets.split(",")] if a.targets else default_targets(runs)
-        ner = {}
-        for spec in a.ner:
-            label, _, files = spec.rpartition("=")
-            files = files.split(",")
-            if len(files) != len(runs):
-                raise UserError(f"--ner{' ' + label if label else ''}: {len(files)} files for {len(runs)} runs; give one per run, in order")
-            for f in files:
-                if f != "-" and not Path(f).exists():
-                    raise UserError(f"--ner: {f} not found; write it with eval_ner.py --out")
-            ner[label] = [None if f == "-" else json.loads(Path(f).read_text()) for f in files]  # -: none for that run
+        ner = dict(file_set(spec, runs, "--ner", "eval_ner.py --out") for spec in a.ner)
         adapted = {}
         for spec in a.adapt:
-            label, _, files = spec.rpartition("=")
-            files = files.split(",")
-            if len(files) != len(runs):
-                raise UserError(f"--adapt: {len(files)} files for {len(runs)} runs; give one per run, in order")
-            for f in files:
-                if f != "-" and not Path(f).exists():
-                    raise UserError(f"--adapt: {f} not found; write it with python -m tools.adapt --out")
-            got = {r["dir"]: json.loads(Path(f).read_text()) for r, f in zip(runs, files) if f != "-"}
-            label = label or Path(next(iter(got.values()))["text"]).name.split(".")[0]
-            adapted[label] = got
+            label, files = file_set(spec, runs, "--adapt", "python -m tools.adapt --out")
+            got = {r["dir"]: f for r, f in zip(runs, files) if f is not None}
+            adapted[label or Path(next(iter(got.values()))["text"]).name.split(".")[0]] = got
     except (UserError, ValueError) as e:
         sys.exit(f"compare.py: error: {e}")
     text, summary = report(runs, targets, ner)
