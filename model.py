@@ -21,9 +21,8 @@ CL100K_VOCAB = 100_277  # cl100k_base, special tokens included
 
 
 def pad_vocab(n, multiple=128):
-    # matmuls whose vocabulary dimension is a multiple of 64 run faster on GPUs; we round to
-    # 128 (so also 64), which gives cl100k's 100,277 -> 100,352 and spare ids above the last
-    # real token for reserved ones such as the SMLMT mask
+    # matmuls whose vocabulary dimension is a multiple of 64 run faster on GPUs; we round to 128 (so also 64),
+    # which gives cl100k's 100,277 -> 100,352 and spare ids above the last real token for the SMLMT mask
     return ((n + multiple - 1) // multiple) * multiple
 
 

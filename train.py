@@ -8,12 +8,11 @@ class: the loop is loop() below, one screen, top to bottom.
     python train.py --size 11m           # the same without meta steps
     torchrun --standalone --nproc_per_node 4 train.py --meta --size 65m --batch-size 8 --grad-accum 8
 
-Batches are pure functions of (seed, position): the LM stream, the val batches, the meta coin
-and the episodes each draw from their own counter (data.py), so a run is reproducible,
-resumable, and a meta run sees exactly the LM batches of the vanilla run with the same seed,
-in the same order. An optimiser step is world size x --grad-accum micro-batches (or
-episodes); rank r takes micro-batches r*N .. r*N+N-1 (N = --grad-accum): 2 ranks x 1 see what
-1 rank x 2 sees.
+Batches are pure functions of (seed, position): the LM stream, the val batches, the meta coin and the
+episodes each draw from their own counter (data.py), so a run is reproducible, resumable, and a meta run
+sees exactly the LM batches of the vanilla run with the same seed, in the same order. An optimiser step is
+world size x --grad-accum micro-batches (or episodes); rank r takes micro-batches r*N .. r*N+N-1
+(N = --grad-accum): 2 ranks x 1 see what 1 rank x 2 sees.
 """
 import argparse
 import math
@@ -47,6 +46,12 @@ def lr_at(step, a):
     decay = a.decay_steps or a.max_steps
     t = min(1.0, (step - a.warmup_steps) / max(1, decay - a.warmup_steps))
     return a.lr * (a.min_lr_frac + (1 - a.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def adamw(params, lr, weight_decay):  # matrices decay; norm gains, temperatures and step sizes do not
+    return torch.optim.AdamW([{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+                              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}],
+                             lr=lr, betas=(0.9, 0.95), fused=True)
 
 
 @dataclass
@@ -209,14 +214,10 @@ def setup(a, rank, world, device, dtype, ctx):
     names = learner.fast_names(model, meta.adapted_names(model, learner)) + (task.head_names(head) if task else [])
     inner = (learner.learned(names) if task else nn.ParameterDict()).to(device)
     params = [*model.parameters(), *head.parameters(), *inner.parameters()]
-    decay = [p for p in params if p.dim() >= 2]  # matrices decay; norm gains, temperature and step sizes do not
-    no_decay = [p for p in params if p.dim() < 2]
-    adamw = lambda: torch.optim.AdamW([{"params": decay, "weight_decay": a.weight_decay},
-                                       {"params": no_decay, "weight_decay": 0.0}], lr=a.lr, betas=(0.9, 0.95), fused=True)
-    opt = adamw()
+    opt = adamw(params, a.lr, a.weight_decay)
     # --meta-moments separate: meta steps get an AdamW of their own over the same weights, so that
     # their larger gradients do not inflate the second moments that scale every LM step
-    meta_opt = adamw() if a.meta and a.meta_moments == "separate" else None
+    meta_opt = adamw(params, a.lr, a.weight_decay) if a.meta and a.meta_moments == "separate" else None
     state = {"step": 0, "lm_pos": 0, "meta_pos": 0, "tokens": 0, "flops": 0.0, "elapsed_s": 0.0}
     if ckpt:
         ddp.agree(lambda: checkpoint.load_state(ckpt, model, head, inner, opt, meta_opt, a, Path(a.out_dir)), rank, world)

@@ -17,13 +17,15 @@ import argparse
 import json
 import math
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
 import torch
 
 import data as datalib
-from plumbing import checkpoint, config
+import train
+from plumbing import checkpoint, config, heldout
 from plumbing.accounting import count_model, flops_per_token
 from plumbing.errors import UserError
 
@@ -98,17 +100,11 @@ class Probe:
         model = checkpoint.build_model(self.ckpt)
         self.flops_per_step = flops_per_token(model.args, self.T, non_emb=count_model(model)[1]) * a.batch_size * self.T
 
-    @torch.no_grad()
     def score(self, model, part):
-        """Mean next-token loss and bits per byte over the part's windows (stride T, every token once)."""
-        ids, nbytes = part
-        starts = np.arange(0, len(ids) - self.T, self.T)
-        nats = 0.0
-        for i in range(0, len(starts), 64):
-            xy = torch.from_numpy(np.stack([ids[s : s + self.T + 1] for s in starts[i : i + 64]])).to(self.device)
-            nats += model(xy[:, :-1], xy[:, 1:]).item() * xy[:, 1:].numel()
-        n, scored = len(starts) * self.T, sum(int(nbytes[s + 1 : s + self.T + 1].sum()) for s in starts)
-        return nats / n, nats / math.log(2) / max(1, scored)
+        """(loss, bits per byte) over every window of the part (stride T), as train.py --eval-text scores."""
+        every = argparse.Namespace(block_size=self.T, batch_size=64, eval_batches=len(part[0]))
+        r = heldout.text_loss(model, part, None, every, self.device, nullcontext())
+        return r["loss"], r["bpb"]
 
     def finetune(self, budget, lr, at, part):
         """AdamW on the first `budget` tokens for --steps steps, from the checkpoint; the part's
@@ -116,19 +112,14 @@ class Probe:
         a = self.a
         torch.manual_seed(a.seed)
         model = checkpoint.build_model(self.ckpt, self.device)
-        params = list(model.parameters())
-        opt = torch.optim.AdamW([{"params": [p for p in params if p.dim() >= 2], "weight_decay": a.weight_decay},
-                                 {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}],
-                                lr=lr, betas=(0.9, 0.95))
+        opt = train.adamw(list(model.parameters()), lr, a.weight_decay)  # pretraining's AdamW
         tokens = self.train[:budget]
         if len(tokens) <= self.T + 1:
             raise UserError(f"--budgets {budget}: a budget needs more than --block-size + 1 = {self.T + 1} tokens")
         out = {}
         for step in range(a.steps + 1):
             if step in at:
-                model.eval()
                 out[step] = self.score(model, part)
-                model.train()
             if step == a.steps:
                 break
             x, y = datalib.get_batch(tokens, a.batch_size, self.T, a.seed, budget, step, self.device)
