@@ -60,35 +60,43 @@ def get(name):
     return found[0]
 
 
+def classes():
+    """{name: its Variant subclass}, in the order of names()."""
+    return {n: get(n) for n in names()}
+
+
+def chosen(a):
+    """The Variant subclasses the flags select, in order."""
+    return [cls for cls in classes().values() if cls.active(a)]
+
+
 def add_flags(p):
-    for n in names():
-        cls = get(n)
+    for n, cls in classes().items():
         cls.add_flags(p.add_argument_group(f"learner {n}: {cls.__doc__.strip().splitlines()[0]}"))
 
 
 def check(a):
     """Each variant checks its own flags; two selected variants may not fill the same hook."""
-    for n in names():
-        get(n).check(a)
-    chosen = [get(n) for n in names() if get(n).active(a)]
+    for cls in classes().values():
+        cls.check(a)
+    picked = chosen(a)
     for hook in SINGLE:
-        fill = [c for c in chosen if hook in c.HOOKS]
+        fill = [cls for cls in picked if hook in cls.HOOKS]
         if len(fill) > 1:
-            raise UserError(f"{' and '.join(c.__name__ for c in fill)} both set the inner loop's {hook}; choose one")
+            raise UserError(f"{' and '.join(cls.__name__ for cls in fill)} both set the inner loop's {hook}; choose one")
 
 
 def defaults(a):
     """Defaults the selected variants give shared flags (AdamW's inner step size)."""
     out = {}
-    for n in names():
-        if get(n).active(a):
-            out |= get(n).DEFAULTS
+    for cls in chosen(a):
+        out |= cls.DEFAULTS
     return out
 
 
 def make(a):
     """The run's learner: FOMAML with the variants the flags select."""
-    return Learners(a, [get(n)(a) for n in names() if get(n).active(a)])
+    return Learners(a, [cls(a) for cls in chosen(a)])
 
 
 # ----------------------------------------------------------------------------- composition
