@@ -10,16 +10,14 @@ lines, and data.py says so), a .jsonl / .jsonl.gz file (text in a JSON field), o
 of such files. Documents are tokenized with tiktoken cl100k_base, each followed by
 the end-of-text id, split train/val by whole documents, and written as train.bin, val.bin and
 meta.json. --vocab-size N keeps the N most frequent ids of the train split (a CPU speed-up).
-At the bottom, load(): the data a train.py run trains on, its default corpus prepared on first use.
+Reading the sources (files, directories, URLs; the UTF-8 check) is plumbing/sources.py's. At the
+bottom, load(): the data a train.py run trains on, its default corpus prepared on first use.
 """
 import argparse
-import gzip
-import hashlib
 import json
 import os
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +25,7 @@ import torch
 from tqdm import tqdm
 
 from plumbing.errors import UserError
+from plumbing.sources import CACHE_DIR, EOT_TEXT, read_documents, sha256, source_files, txt_separator
 from plumbing.tensors import host_to
 
 TINYSTORIES = [  # the GPT-4 generated V2 split from the dataset's public page
@@ -42,8 +41,6 @@ EMBEDDED_VAL_FRACTION = 0.05
 CPU_VOCAB = 8192
 FALLBACK_EPOCHS = 20  # the most passes over the embedded corpus a run that fell back to it may make
 DEFAULT_DATA_DIR = {"paper": "data/tinystories", "cpu": f"data/tinyshakespeare{CPU_VOCAB // 1024}k"}
-CACHE_DIR = Path(os.environ.get("METALM_CACHE", Path.home() / ".cache" / "metalm"))
-EOT_TEXT = "<|endoftext|>"
 N_RESERVED = 3  # trimmed vocabularies: 0 = end-of-text, 1 = unknown, 2 = mask (SMLMT)
 
 
@@ -174,114 +171,6 @@ def write_atomic(path, write, keep_old=None):
     os.replace(tmp, path)
 
 
-# ----------------------------------------------------------------------------- reading sources
-
-def download(url, cache_dir=CACHE_DIR):
-    """Fetch url into the cache (once) with a progress bar; return the local path."""
-    if url.startswith("file://"):
-        return Path(urllib.request.url2pathname(url[len("file://"):]))
-    dest = Path(cache_dir) / url.rstrip("/").split("/")[-1]
-    if dest.exists():
-        return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_suffix(dest.suffix + ".part")
-    try:
-        with urllib.request.urlopen(url, timeout=30) as r, open(tmp, "wb") as f:
-            total = int(r.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {dest.name}", disable=None) as bar:
-                while chunk := r.read(1 << 20):
-                    f.write(chunk)
-                    bar.update(len(chunk))
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise UserError(f"cannot download {url} ({e.__class__.__name__}); offline? prepare a local copy (a .txt, "
-                        ".jsonl or directory) with: python data.py --source PATH --out-dir DIR, then train "
-                        "with --data-dir DIR") from None
-    tmp.rename(dest)
-    return dest
-
-
-def source_files(src):
-    """The files a --source names, in a fixed order."""
-    if src.startswith(("http://", "https://", "file://")):
-        src = str(download(src))
-    p = Path(src)
-    if not p.exists():
-        raise UserError(f"--source {src}: no such file or directory")
-    files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
-    for f in files:
-        if not f.name.endswith((".txt", ".txt.gz", ".jsonl", ".jsonl.gz")):
-            raise UserError(f"{f}: unknown extension; use .txt, .txt.gz, .jsonl or .jsonl.gz")
-    if not files:
-        raise UserError(f"--source {src}: directory holds no .txt/.jsonl/.jsonl.gz files")
-    return files
-
-
-def open_text(path):
-    return (gzip.open if path.name.endswith(".gz") else open)(path, "rt", encoding="utf-8")
-
-
-def not_utf8(path):
-    """The UserError for a file that is not UTF-8, naming the first bad byte (found by decoding
-    the whole file again: the decoder's own offset counts from its last buffer)."""
-    raw = (gzip.open if path.name.endswith(".gz") else open)(path, "rb").read()
-    try:
-        raw.decode("utf-8")
-        where = ""
-    except UnicodeDecodeError as e:
-        where = f" at byte {e.start:,} ({raw[e.start:e.start + 4]!r})"
-    return UserError(f"{path} is not UTF-8 text{where}; re-encode it first, e.g. for Latin-1: iconv -f latin1 -t utf-8 "
-                     f"FILE > FILE.utf8.txt (gunzip a .gz first), then give the new file")
-
-
-def txt_separator(path):
-    """How a .txt file separates its documents: "eot" when it has a line that is exactly
-    <|endoftext|>, else "blank" (blank lines: paragraphs, speeches, stories)."""
-    try:
-        with open_text(path) as f:
-            return "eot" if any(line.rstrip("\r\n") == EOT_TEXT for line in f) else "blank"
-    except UnicodeDecodeError:
-        raise not_utf8(path) from None
-
-
-def read_documents(path, text_field="text", sep="eot"):
-    """Yield the documents of one file. A .txt (or .txt.gz) file is split at <|endoftext|> lines
-    (sep "eot") or at runs of blank lines (sep "blank")."""
-    try:
-        yield from _read_documents(path, text_field, sep)
-    except UnicodeDecodeError:
-        raise not_utf8(path) from None
-
-
-def _read_documents(path, text_field, sep):
-    if path.name.endswith((".txt", ".txt.gz")):
-        doc = []
-        with open_text(path) as f:
-            for line in f:
-                end = line.rstrip("\r\n") == EOT_TEXT if sep == "eot" else not line.strip()
-                if end:
-                    if sep == "eot" or "".join(doc).strip():
-                        yield "".join(doc)
-                    doc = []
-                else:
-                    doc.append(line)
-        if sep == "eot" or "".join(doc).strip():
-            yield "".join(doc)
-        return
-    opener = gzip.open if path.name.endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError:
-                raise UserError(f"{path}:{n}: not valid JSON") from None
-            if not isinstance(obj, dict) or not isinstance(obj.get(text_field), str):
-                raise UserError(f"{path}:{n}: no string field {text_field!r} (use --text-field to name it)")
-            yield obj[text_field]
-
-
 def held_out_text(path, tok, text_field="text"):
     """A held-out text file (.txt or .jsonl, read as prepare reads them) as one stream of the run's
     token ids, documents joined by end-of-text, and the UTF-8 bytes each token stands for (from
@@ -296,14 +185,6 @@ def held_out_text(path, tok, text_field="text"):
         ids += [*(old if tok.old_of_new is None else tok.new_of_old[old].tolist()), tok.eot]
         nbytes += [*(len(tok.enc.decode_single_token_bytes(t)) for t in old), 0]
     return np.array(ids, dtype=np.int64), np.array(nbytes, dtype=np.int64)
-
-
-def sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def is_val(i, frac):

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import data
+from plumbing import sources
 from plumbing.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,10 +31,10 @@ def test_cl100k_ids_are_the_published_ones():
 def test_txt_documents_split_on_endoftext_lines(tmp_path):
     p = tmp_path / "a.txt"
     p.write_text("first doc\nstill first\n<|endoftext|>\nsecond doc\n")
-    assert list(data.read_documents(p)) == ["first doc\nstill first\n", "second doc\n"]
+    assert list(sources.read_documents(p)) == ["first doc\nstill first\n", "second doc\n"]
     q = tmp_path / "b.txt"
     q.write_text("no separator at all\nso one document\n")
-    assert len(list(data.read_documents(q))) == 1
+    assert len(list(sources.read_documents(q))) == 1
 
 
 def test_jsonl_gz_and_directory_sources(tmp_path):
@@ -41,9 +42,9 @@ def test_jsonl_gz_and_directory_sources(tmp_path):
     (tmp_path / "d" / "a.jsonl").write_text('{"body": "one"}\n\n{"body": "two"}\n')
     with gzip.open(tmp_path / "d" / "b.jsonl.gz", "wt") as f:
         f.write('{"body": "three"}\n')
-    files = data.source_files(str(tmp_path / "d"))
+    files = sources.source_files(str(tmp_path / "d"))
     assert [f.name for f in files] == ["a.jsonl", "b.jsonl.gz"]
-    docs = [d for f in files for d in data.read_documents(f, "body")]
+    docs = [d for f in files for d in sources.read_documents(f, "body")]
     assert docs == ["one", "two", "three"]
 
 
@@ -53,7 +54,7 @@ def test_full_vocabulary_prepare(tmp_path, corpus_txt):
     assert meta["mask_id"] == 100_277 and meta["eot_id"] == 100_257 and meta["unk_id"] is None
     assert meta["train_docs"] == 108 and meta["val_docs"] == 12  # 10% of 120, whole documents
     assert len(meta["sources"][0]["sha256"]) == 64
-    docs = list(data.read_documents(corpus_txt))
+    docs = list(sources.read_documents(corpus_txt))
     tok = data.Tokenizer(meta, tmp_path)
     val_docs = [tok.decode(d) for d in docs_of(tmp_path / "val.bin", np.uint32, meta["eot_id"])]
     assert val_docs == [d for i, d in enumerate(docs) if data.is_val(i, 0.1)]  # whole documents, in order
@@ -107,7 +108,7 @@ def test_missing_source_and_bad_flags(tmp_path, corpus_txt):
 def test_unreachable_url_names_it_and_suggests_a_local_source(tmp_path):
     url = "http://127.0.0.1:9/TinyStoriesV2-GPT4-train.txt"  # nothing listens on the discard port
     with pytest.raises(UserError, match=r"cannot download http://127\.0\.0\.1:9/.*offline\? .*python data.py --source PATH --out-dir DIR"):
-        data.download(url, cache_dir=tmp_path)
+        sources.download(url, cache_dir=tmp_path)
     assert not list(tmp_path.iterdir())  # no half-written file left behind
 
 

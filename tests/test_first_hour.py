@@ -14,7 +14,7 @@ from conftest import TINY, run_train, write_corpus
 import data
 import eval_ner
 import train
-from plumbing import config
+from plumbing import config, sources
 from plumbing.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,7 +92,7 @@ def test_the_default_corpus_is_the_embedded_one_and_needs_no_network(tmp_path, m
 
     def offline(url, *a, **k):
         raise UserError(f"cannot download {url} (URLError); offline?")
-    monkeypatch.setattr(data, "download", offline)  # the paper's recipe falls back to it too, full vocabulary
+    monkeypatch.setattr(sources, "download", offline)  # the paper's recipe falls back to it too, full vocabulary
     train.main(["--batch-size", 2, "--block-size", 16, "--max-steps", 1, "--eval-every", 1, "--eval-episodes", 0,
                 "--out-dir", "out2", *QUIET])
     out = capsys.readouterr().out
