@@ -56,6 +56,11 @@ TINY = ["--dynamics-every", "0", "--size", "11m", "--device", "cpu", "--batch-si
         "--inner-lr", "0.1", "--skip-top-words", "5", "--min-word-count", "5", "--sample-tokens", "4"]
 
 
+# the resume tests: 6 steps, cut at 3 and resumed. With --seed 4 the coin makes steps 1 and 4 meta
+# steps, so both halves hold LM and meta steps, and the resumed half starts with meta state
+CUT_AT_3 = ("--seed", 4)
+
+
 def run_train(data_dir, out_dir, *extra):
     import train
     train.main(["--data-dir", str(data_dir), "--out-dir", str(out_dir), *TINY, *map(str, extra)])

@@ -56,6 +56,8 @@ def test_the_curve_starts_at_the_checkpoints_own_held_out_loss_and_falls(ckpt, t
         first = next((c for c in b["curve"] if c["loss"] <= 4.5), None)  # --target 4.5
         assert b["to_target"] == (first and {k: first[k] for k in ("step", "tokens", "flops")})
     assert r["budgets"]["1200"]["to_target"] is not None
+    alone = probe(ckpt, text, tmp_path / "b.json", "--lrs", r["budgets"]["1200"]["lr"])  # only the lr it chose
+    assert alone["budgets"]["1200"]["curve"] == r["budgets"]["1200"]["curve"]  # the other lrs tried change nothing
 
 
 def test_the_same_flags_give_the_same_curve(ckpt, text, tmp_path):

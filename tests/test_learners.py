@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from conftest import run_train
+from conftest import CUT_AT_3, run_train
 from test_meta import episode_fns, fomaml, setup
 from torch.func import functional_call
 
@@ -184,11 +184,11 @@ def test_adamw_inner_loop_is_torchs_adamw_and_stays_first_order(schedule, wd):
 
 
 def test_adamw_inner_loop_trains_and_resumes_exactly(data_dir, tmp_path):
-    common = ("--meta", "--meta-start", 0, "--task", "lm", "--inner-params", "top-1", "--inner-opt", "adamw",
+    common = (*CUT_AT_3, "--meta", "--meta-start", 0, "--task", "lm", "--inner-params", "top-1", "--inner-opt", "adamw",
               "--inner-schedule", "cosine", "--inner-lr", 1e-3)  # TINY's 0.1 is an SGD step
-    full = run_train(data_dir, tmp_path / "full", "--max-steps", 10, "--eval-every", 5, *common)
-    run_train(data_dir, tmp_path / "half", "--max-steps", 5, "--decay-steps", 10, "--eval-every", 5, *common)
-    resumed = run_train(data_dir, tmp_path / "half", "--resume", "--max-steps", 10, *common)  # TINY is typed again
+    full = run_train(data_dir, tmp_path / "full", "--max-steps", 6, "--eval-every", 3, *common)
+    run_train(data_dir, tmp_path / "half", "--max-steps", 3, "--decay-steps", 6, "--eval-every", 3, *common)
+    resumed = run_train(data_dir, tmp_path / "half", "--resume", "--max-steps", 6, *common)  # TINY is typed again
     keys = ("val_loss", "meta_loss", "episode_loss_before", "episode_loss_after")
     assert [resumed[-1][k] for k in keys] == [full[-1][k] for k in keys] and full[-1]["meta_steps"] > 0
     assert full[-1]["episode_loss_after"] < full[-1]["episode_loss_before"]  # AdamW steps lower the query loss
@@ -241,11 +241,11 @@ def test_tarp_meta_gradient_reaches_w0_u_v_and_s_first_order():
 
 
 def test_tarp_trains_adapts_only_the_shifts_and_resumes_exactly(data_dir, tmp_path):
-    common = ("--meta", "--meta-start", 0, "--task", "lm", "--inner-params", "top-1", "--tarp", "dynamic",
+    common = (*CUT_AT_3, "--meta", "--meta-start", 0, "--task", "lm", "--inner-params", "top-1", "--tarp", "dynamic",
               "--inner-rank", 4)
-    full = run_train(data_dir, tmp_path / "full", "--max-steps", 10, "--eval-every", 5, *common)
-    run_train(data_dir, tmp_path / "half", "--max-steps", 5, "--decay-steps", 10, "--eval-every", 5, *common)
-    resumed = run_train(data_dir, tmp_path / "half", "--resume", "--max-steps", 10)
+    full = run_train(data_dir, tmp_path / "full", "--max-steps", 6, "--eval-every", 3, *common)
+    run_train(data_dir, tmp_path / "half", "--max-steps", 3, "--decay-steps", 6, "--eval-every", 3, *common)
+    resumed = run_train(data_dir, tmp_path / "half", "--resume", "--max-steps", 6)
     keys = ("val_loss", "meta_loss", "episode_loss_before", "episode_loss_after")
     assert [resumed[-1][k] for k in keys] == [full[-1][k] for k in keys] and full[-1]["meta_steps"] > 0
     assert full[-1]["episode_loss_after"] != full[-1]["episode_loss_before"]
@@ -294,10 +294,10 @@ def test_tams_straight_through_gradient_reaches_the_controller(data_dir):
 
 
 def test_tams_trains_logs_its_choices_and_resumes_exactly(data_dir, tmp_path):
-    common = ("--meta", "--meta-start", 0, "--task", "lm", "--inner-params", "top-1", "--tams")
-    full = run_train(data_dir, tmp_path / "full", "--max-steps", 10, "--eval-every", 5, *common)
-    run_train(data_dir, tmp_path / "half", "--max-steps", 5, "--decay-steps", 10, "--eval-every", 5, *common)
-    resumed = run_train(data_dir, tmp_path / "half", "--resume", "--max-steps", 10)
+    common = (*CUT_AT_3, "--meta", "--meta-start", 0, "--task", "lm", "--inner-params", "top-1", "--tams")
+    full = run_train(data_dir, tmp_path / "full", "--max-steps", 6, "--eval-every", 3, *common)
+    run_train(data_dir, tmp_path / "half", "--max-steps", 3, "--decay-steps", 6, "--eval-every", 3, *common)
+    resumed = run_train(data_dir, tmp_path / "half", "--resume", "--max-steps", 6)
     keys = ("val_loss", "meta_loss", "episode_loss_before", "episode_loss_after", "tams_choices")
     assert [resumed[-1][k] for k in keys] == [full[-1][k] for k in keys] and full[-1]["meta_steps"] > 0
     choices = full[-1]["tams_choices"]  # per block, val episodes per op

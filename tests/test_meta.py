@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from conftest import TINY, run_train
+from conftest import CUT_AT_3, TINY, run_train
 from torch.func import functional_call
 
 import data
@@ -308,10 +308,10 @@ def test_meta_start_keeps_the_first_steps_lm_only(data_dir, tmp_path):
 
 @pytest.mark.parametrize("task", ["pico", "smlmt"])
 def test_episode_head_is_checkpointed_and_resumed_exactly(data_dir, tmp_path, task):
-    common = ("--meta", "--meta-start", 0, "--task", task, "--dynamics-every", 0)
-    full = run_train(data_dir, tmp_path / "full", "--max-steps", 10, "--eval-every", 5, *common)
-    run_train(data_dir, tmp_path / "half", "--max-steps", 5, "--decay-steps", 10, "--eval-every", 5, *common)
-    resumed = run_train(data_dir, tmp_path / "half", "--resume", "--max-steps", 10)
+    common = (*CUT_AT_3, "--meta", "--meta-start", 0, "--task", task, "--dynamics-every", 0)
+    full = run_train(data_dir, tmp_path / "full", "--max-steps", 6, "--eval-every", 3, *common)
+    run_train(data_dir, tmp_path / "half", "--max-steps", 3, "--decay-steps", 6, "--eval-every", 3, *common)
+    resumed = run_train(data_dir, tmp_path / "half", "--resume", "--max-steps", 6)
     keys = ("val_loss", "meta_loss", "episode_loss_before", "episode_loss_after")
     assert [resumed[-1][k] for k in keys] == [full[-1][k] for k in keys]
     assert all(np.isfinite(full[-1][k]) for k in keys) and full[-1]["meta_steps"] > 0
@@ -326,18 +326,18 @@ def test_separate_meta_moments_leave_the_lm_optimiser_to_lm_steps_and_resume_exa
     """--meta-moments separate: the LM steps' AdamW has stepped only on LM steps (its second
     moments never see a meta gradient), the meta AdamW only on meta steps; both are checkpointed,
     so a resumed run is the uninterrupted one. Shared moments step on every step."""
-    common = ("--meta", "--meta-start", 0, "--dynamics-every", 0)
-    full = run_train(data_dir, tmp_path / "full", "--max-steps", 10, "--eval-every", 5, *common, "--meta-moments", "separate")
-    run_train(data_dir, tmp_path / "half", "--max-steps", 5, "--decay-steps", 10, "--eval-every", 5, *common,
+    common = (*CUT_AT_3, "--meta", "--meta-start", 0, "--dynamics-every", 0)
+    full = run_train(data_dir, tmp_path / "full", "--max-steps", 6, "--eval-every", 3, *common, "--meta-moments", "separate")
+    run_train(data_dir, tmp_path / "half", "--max-steps", 3, "--decay-steps", 6, "--eval-every", 3, *common,
               "--meta-moments", "separate")
-    resumed = run_train(data_dir, tmp_path / "half", "--resume", "--max-steps", 10)
-    shared = run_train(data_dir, tmp_path / "shared", "--max-steps", 10, "--eval-every", 5, *common)
+    resumed = run_train(data_dir, tmp_path / "half", "--resume", "--max-steps", 6)
+    shared = run_train(data_dir, tmp_path / "shared", "--max-steps", 6, "--eval-every", 3, *common)
     steps = lambda opt: max(int(s["step"]) for s in opt["state"].values())
     ck = torch.load(tmp_path / "full" / "ckpt.pt", weights_only=True)
-    assert 0 < full[-1]["lm_steps"] < 10
+    assert 0 < full[-1]["lm_steps"] < 6
     assert steps(ck["optimizer"]) == full[-1]["lm_steps"] and steps(ck["meta_optimizer"]) == full[-1]["meta_steps"]
     sh = torch.load(tmp_path / "shared" / "ckpt.pt", weights_only=True)
-    assert steps(sh["optimizer"]) == 10 and sh["meta_optimizer"] is None
+    assert steps(sh["optimizer"]) == 6 and sh["meta_optimizer"] is None
     assert [r["val_loss"] for r in resumed] == [r["val_loss"] for r in full]
     assert full[-1]["val_loss"] != shared[-1]["val_loss"]  # the same batches, other moments
 
@@ -402,10 +402,10 @@ def test_learned_step_size_gets_the_first_order_meta_sgd_gradient(data_dir):
 
 
 def test_learned_step_sizes_are_logged_checkpointed_and_resumed(data_dir, tmp_path):
-    common = ("--meta", "--meta-start", 0, "--learn-inner-lr", "--inner-params", "top-1", "--dynamics-every", 0)
-    full = run_train(data_dir, tmp_path / "full", "--max-steps", 10, "--eval-every", 5, *common)
-    run_train(data_dir, tmp_path / "half", "--max-steps", 5, "--decay-steps", 10, "--eval-every", 5, *common)
-    resumed = run_train(data_dir, tmp_path / "half", "--resume", "--max-steps", 10)
+    common = (*CUT_AT_3, "--meta", "--meta-start", 0, "--learn-inner-lr", "--inner-params", "top-1", "--dynamics-every", 0)
+    full = run_train(data_dir, tmp_path / "full", "--max-steps", 6, "--eval-every", 3, *common)
+    run_train(data_dir, tmp_path / "half", "--max-steps", 3, "--decay-steps", 6, "--eval-every", 3, *common)
+    resumed = run_train(data_dir, tmp_path / "half", "--resume", "--max-steps", 6)
     first, last = full[0]["inner_lrs"], full[-1]["inner_lrs"]
     assert set(first) == {"head.w", "head.b", *meta.adapted_names(Transformer(preset("11m", 256, 32)), fomaml("top-1"))}
     assert all(v == pytest.approx(0.1) for v in first.values())  # TINY's --inner-lr

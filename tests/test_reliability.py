@@ -20,7 +20,7 @@ from plumbing.errors import UserError
 from tools import compare, inspect_episodes
 
 ROOT = Path(__file__).resolve().parents[1]
-RUN = ("--max-steps", 16, "--eval-every", 4, "--dynamics-every", 4, "--meta", "--meta-start", 4)
+RUN = ("--max-steps", 16, "--eval-every", 4, "--dynamics-every", 8, "--meta", "--meta-start", 4)
 
 
 def launch(data_dir, out, *extra):
@@ -29,12 +29,12 @@ def launch(data_dir, out, *extra):
     return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def wait_for(cond, proc, timeout=120):
+def wait_for(cond, proc, poll, timeout=120):
     t0 = time.time()
     while not cond():
         assert proc.poll() is None, "the run ended before it could be killed"
         assert time.time() - t0 < timeout
-        time.sleep(0.0005)
+        time.sleep(poll)
 
 
 def rows(path):
@@ -47,13 +47,13 @@ def test_kill_9_at_any_moment_then_resume_gives_the_uninterrupted_run(data_dir, 
     out = tmp_path / "killed"
     p = launch(data_dir, out)  # 1: killed between evals
     try:
-        wait_for(lambda: (out / "log.jsonl").exists() and len(rows(out / "log.jsonl")) >= 2, p)
+        wait_for(lambda: (out / "log.jsonl").exists() and len(rows(out / "log.jsonl")) >= 2, p, poll=0.02)
         time.sleep(0.3)
     finally:
         p.send_signal(signal.SIGKILL), p.wait()
     p = launch(data_dir, out, "--resume")  # 2: killed while a checkpoint is being written
     try:
-        wait_for(lambda: (out / "ckpt.pt.tmp").exists(), p)
+        wait_for(lambda: (out / "ckpt.pt.tmp").exists(), p, poll=0.0005)  # a write lasts milliseconds
     finally:
         p.send_signal(signal.SIGKILL), p.wait()
     with open(out / "log.jsonl", "a") as f:

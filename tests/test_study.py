@@ -13,7 +13,7 @@ def rows(d):
 
 
 def test_a_study_runs_end_to_end_and_a_rerun_finishes_only_what_is_missing(data_dir, tmp_path, capsys):
-    args = ["--data-dir", data_dir, "--arms", "vanilla,smlmt", "--seeds", "1,2", "--tokens", 128 * 20, "--eval-runs", 2,
+    args = ["--data-dir", data_dir, "--arms", "vanilla,smlmt", "--seeds", "1,2", "--tokens", 128 * 8, "--eval-runs", 2,
             "--out", tmp_path, "--", *TINY, "--eval-episodes", "0", "--meta-start", "0"]
     study.main(args)
     out = capsys.readouterr().out
@@ -22,16 +22,16 @@ def test_a_study_runs_end_to_end_and_a_rerun_finishes_only_what_is_missing(data_
     report = (tmp_path / "report.md").read_text()
     assert "Arms over seeds" in report and "smlmt" in report
     finals = {d.name: rows(d)[-1] for d in tmp_path.iterdir() if d.is_dir()}
-    assert all(r["step"] == 20 for r in finals.values()) and finals["smlmt-s1"]["meta_steps"] > 0
+    assert all(r["step"] == 8 for r in finals.values()) and finals["smlmt-s1"]["meta_steps"] > 0
 
-    # a killed study: one run gone, another cut at step 10, the other two finished
+    # a killed study: one run gone, another cut at step 4, the other two finished
     todo_dirs = {n: (d, argv) for n, d, argv in study.runs(*study.parse(args))[0]}
     mtime = (tmp_path / "vanilla-s1" / "log.jsonl").stat().st_mtime_ns
     for name in ("vanilla-s2", "smlmt-s2"):
         for f in (tmp_path / name).iterdir():
             f.unlink()
     d, argv = todo_dirs["smlmt-s2"]
-    train.main([*argv, "--max-steps", "10", "--decay-steps", "20"])  # its first half
+    train.main([*argv, "--max-steps", "4", "--decay-steps", "8"])  # its first half
     capsys.readouterr()
     study.main(args)
     out = capsys.readouterr().out

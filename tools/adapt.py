@@ -106,9 +106,9 @@ class Probe:
         r = heldout.text_loss(model, part, None, every, self.device, nullcontext())
         return r["loss"], r["bpb"]
 
-    def finetune(self, budget, lr, at, part):
-        """AdamW on the first `budget` tokens for --steps steps, from the checkpoint; the part's
-        (loss, bpb) at each step in `at`."""
+    def finetune(self, budget, lr, at):
+        """AdamW on the first `budget` tokens for --steps steps, from the checkpoint: the dev part's
+        loss at the last step, and the held-out part's (loss, bpb) at each step in `at`."""
         a = self.a
         torch.manual_seed(a.seed)
         model = checkpoint.build_model(self.ckpt, self.device)
@@ -119,21 +119,24 @@ class Probe:
         out = {}
         for step in range(a.steps + 1):
             if step in at:
-                out[step] = self.score(model, part)
+                out[step] = self.score(model, self.heldout)
             if step == a.steps:
                 break
             x, y = datalib.get_batch(tokens, a.batch_size, self.T, a.seed, budget, step, self.device)
             model(x, y).backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
-        return out
+        return self.score(model, self.dev)[0], out
 
     def budget(self, n):
         a = self.a
-        dev = {lr: self.finetune(n, lr, {a.steps}, self.dev)[a.steps][0] for lr in a.lr_list}
-        lr = min(a.lr_list, key=lambda x: (dev[x], x))  # the lowest dev loss; a tie goes to the smaller lr
         steps = eval_steps(a.steps)
-        scored = self.finetune(n, lr, set(steps), self.heldout)
+        # one run per lr scores both parts: the lr is chosen on dev alone, and the chosen run's
+        # held-out curve is the one a second run at that lr would give (same seed, same batches)
+        runs = {lr: self.finetune(n, lr, set(steps)) for lr in a.lr_list}
+        dev = {lr: d for lr, (d, _) in runs.items()}
+        lr = min(a.lr_list, key=lambda x: (dev[x], x))  # the lowest dev loss; a tie goes to the smaller lr
+        scored = runs[lr][1]
         curve = [{"step": s, "tokens": s * a.batch_size * self.T, "flops": s * self.flops_per_step,
                   "loss": scored[s][0], "bpb": scored[s][1]} for s in steps]
         x = np.log2(1 + np.array(steps))
