@@ -21,12 +21,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from plumbing.errors import UserError
 from plumbing.sources import CACHE_DIR, EOT_TEXT, read_documents, sha256, source_files, txt_separator
-from plumbing.tensors import host_to
 
 TINYSTORIES = [  # the GPT-4 generated V2 split from the dataset's public page
     "https://huggingface.co/datasets/roneneldan/TinyStories/resolve/main/TinyStoriesV2-GPT4-train.txt",
@@ -55,6 +53,8 @@ def get_batch(tokens, B, T, seed, stream, pos, device, micro=0, n_micro=1):
     """Micro-batch `micro` of `n_micro` of batch number `pos` of a stream: B random windows of T+1
     tokens, inputs and shifted targets. The n_micro micro-batches together are the one batch of
     B * n_micro windows drawn at `pos`, so accumulation and ranks split a batch, not change it."""
+    import torch  # here, not at the top: preparing a corpus (python data.py) needs no torch, ~1 s to import
+    from plumbing.tensors import host_to
     rng = np.random.default_rng([seed, stream, pos])
     starts = rng.integers(0, len(tokens) - T - 1, size=B * n_micro)[micro * B : (micro + 1) * B]
     xy = torch.from_numpy(np.stack([tokens[s : s + T + 1].astype(np.int64) for s in starts]))  # (B, T+1)

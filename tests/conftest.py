@@ -58,7 +58,7 @@ TINY = ["--dynamics-every", "0", "--size", "11m", "--device", "cpu", "--batch-si
 
 # the resume tests: 6 steps, cut at 3 and resumed. With --seed 4 the coin makes steps 1 and 4 meta
 # steps, so both halves hold LM and meta steps, and the resumed half starts with meta state
-CUT_AT_3 = ("--seed", 4)
+CUT_AT_3 = ("--seed", "4")
 
 
 def run_train(data_dir, out_dir, *extra):

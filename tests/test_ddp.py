@@ -13,11 +13,11 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import TINY, run_train
+from conftest import CUT_AT_3, TINY, run_train
 
 ROOT = Path(__file__).resolve().parents[1]
-SHORT = [*TINY, "--max-steps", "10", "--decay-steps", "10", "--eval-every", "5", "--dynamics-every", "0",
-         "--meta-start", "0"]
+SHORT = [*TINY, "--max-steps", "6", "--decay-steps", "6", "--eval-every", "3", "--dynamics-every", "0",
+         "--meta-start", "0", *CUT_AT_3]  # meta steps 1 and 4: both halves of the resumed run take both kinds
 
 
 def free_port():
@@ -50,23 +50,23 @@ def test_two_ranks_train_what_one_rank_with_grad_accum_two_trains(data_dir, tmp_
     (two, r), one = two_ranks, tmp_path / "one"
     run_train(data_dir, one, *SHORT[len(TINY):], "--meta", "--grad-accum", "2")  # in this process: no launch
     a, b = rows(two), rows(one)
-    assert [x["step"] for x in a] == [0, 5, 10]  # one row per eval: rank 1 wrote none
+    assert [x["step"] for x in a] == [0, 3, 6]  # one row per eval: rank 1 wrote none
     assert a[-1]["val_loss"] == pytest.approx(b[-1]["val_loss"], rel=1e-5)
     assert a[-1]["tokens"] == b[-1]["tokens"]  # both micro-batches counted
     assert a[-1]["lm_steps"] > 0 and a[-1]["train_loss"] == pytest.approx(b[-1]["train_loss"], rel=1e-5)  # LM steps
     assert a[-1]["meta_steps"] > 0 and a[-1]["meta_loss"] == pytest.approx(b[-1]["meta_loss"], rel=1e-5)  # meta steps
     assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir())
-    assert r.stdout.count("eval step 10:") == 1  # only rank 0 prints
+    assert r.stdout.count("eval step 6:") == 1  # only rank 0 prints
 
 
 def test_resume_under_ddp_continues_the_uninterrupted_run(data_dir, tmp_path, two_ranks):
     (whole, _), cut = two_ranks, tmp_path / "cut"
     # the first half in this process with --grad-accum 2 (what 2 ranks train, as tested above; a
     # resumed run may change the number of processes), the second half under torchrun
-    run_train(data_dir, cut, *SHORT[len(TINY):], "--meta", "--max-steps", "5", "--grad-accum", "2")
+    run_train(data_dir, cut, *SHORT[len(TINY):], "--meta", "--max-steps", "3", "--grad-accum", "2")
     r = torchrun(2, "--data-dir", data_dir, "--out-dir", cut, *SHORT, "--meta", "--resume", "--grad-accum", "1")
     assert r.returncode == 0, r.stderr[-2000:]
-    assert [x["step"] for x in rows(cut)] == [0, 5, 10]
+    assert [x["step"] for x in rows(cut)] == [0, 3, 6]
     assert rows(cut)[-1]["val_loss"] == pytest.approx(rows(whole)[-1]["val_loss"], rel=1e-6)
 
 

@@ -20,7 +20,7 @@ from plumbing.errors import UserError
 from tools import compare, inspect_episodes
 
 ROOT = Path(__file__).resolve().parents[1]
-RUN = ("--max-steps", 16, "--eval-every", 4, "--dynamics-every", 8, "--meta", "--meta-start", 4)
+RUN = ("--max-steps", 12, "--eval-every", 4, "--dynamics-every", 8, "--meta", "--meta-start", 4)
 
 
 def launch(data_dir, out, *extra):
