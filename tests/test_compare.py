@@ -1,4 +1,4 @@
-"""compare.py and arms.py on synthetic logs: interpolation, 'not reached', speedups, refusals, arms
+"""tools/compare.py and tools/arms.py on synthetic logs: interpolation, 'not reached', speedups, refusals, arms
 over seeds and the gap over training."""
 import json
 

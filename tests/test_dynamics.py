@@ -1,4 +1,4 @@
-"""dynamics.py: effective rank, head entropy, and that measuring does not disturb training."""
+"""plumbing/dynamics.py: effective rank, head entropy, and that measuring does not disturb training."""
 import json
 import math
 

@@ -1,4 +1,4 @@
-"""tasks/: the SMLMT index, the pico builder, the index cache, and the inspector (inspect_episodes.py)."""
+"""tasks/: the SMLMT index, the pico builder, the index cache, and the inspector (tools/inspect_episodes.py)."""
 from pathlib import Path
 
 import numpy as np

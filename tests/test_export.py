@@ -1,4 +1,4 @@
-"""export.py: a checkpoint as a Hugging Face Llama, checked by loading it back with transformers."""
+"""tools/export.py: a checkpoint as a Hugging Face Llama, checked by loading it back with transformers."""
 import pytest
 import torch
 from conftest import run_train

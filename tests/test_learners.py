@@ -1,5 +1,5 @@
-"""More meta-learners in meta.py: the low-rank inner loop (--inner-rank), Reptile (--outer), the AdamW
-inner loop (--inner-opt)."""
+"""The variants in learners/: the low-rank inner loop (--inner-rank), Reptile (--outer), the AdamW
+inner loop (--inner-opt), TARP (--tarp) and TAMS (--tams). Meta-SGD's tests are in test_meta.py."""
 import argparse
 import copy
 import math

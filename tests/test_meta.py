@@ -1,4 +1,4 @@
-"""meta.py and episodes.py: first-order MAML, SMLMT / pico / LM episodes, and the hybrid schedule."""
+"""meta.py and tasks/: first-order MAML, SMLMT / pico / LM episodes, and the hybrid schedule."""
 import argparse
 import dataclasses
 from contextlib import nullcontext

@@ -1,4 +1,4 @@
-"""uner.py and eval_ner.py: conlleval scoring, the UNER reader, sub-token alignment and an end-to-end probe."""
+"""plumbing/uner.py and eval_ner.py: conlleval scoring, the UNER reader, sub-token alignment and an end-to-end probe."""
 import json
 import random
 

@@ -1,4 +1,4 @@
-"""study.py: arms x seeds, seed-major, one report; a re-run skips finished runs and resumes partial ones."""
+"""tools/study.py: arms x seeds, seed-major, one report; a re-run skips finished runs and resumes partial ones."""
 import json
 
 import pytest
