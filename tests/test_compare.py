@@ -256,10 +256,10 @@ def test_late_rise_finds_a_rise_then_a_fall_after_the_trough():
     assert second == {"trough_step": 300, "late_peak_step": 300, "rise": 0.0, "fall": 0.0}  # only ever fell
 
 
-def write_adapt(path, seed_shift, target=None):
+def write_adapt(path, seed_shift, target=None, last=4.0):
     """A tools/adapt.py file: one budget, a curve over steps 0, 1, 2, 4 shifted by seed_shift."""
     curve = [{"step": s, "tokens": s * 256, "flops": s * 1e9, "loss": v + seed_shift, "bpb": (v + seed_shift) / 2}
-             for s, v in ((0, 5.0), (1, 4.6), (2, 4.3), (4, 4.0))]
+             for s, v in ((0, 5.0), (1, 4.6), (2, 4.3), (4, last))]
     to = next(({k: c[k] for k in ("step", "tokens", "flops")} for c in curve if target and c["loss"] <= target), None)
     path.write_text(json.dumps({"text": "/x/tinystories.txt", "target": target, "budgets": {
         "4096": {"lr": 1e-3, "curve": curve, "area": float(np.mean([c["loss"] for c in curve])), "to_target": to}}}))
@@ -269,8 +269,8 @@ def write_adapt(path, seed_shift, target=None):
 def test_adaptation_files_get_paired_intervals_per_text_budget_and_step(tmp_path):
     van = [write_seed_run(tmp_path / f"vanilla-s{s}", s, 5.0, 0.5) for s in (1, 2, 3)]
     met = [write_seed_run(tmp_path / f"meta-s{s}", s, 5.0, 0.6, meta=True) for s in (1, 2, 3)]
-    # paired by seed, meta - vanilla at every step: -0.10, -0.12, -0.14 (mean -0.12, sd 0.02, half 0.049683)
-    files = [write_adapt(tmp_path / f"a{i}.json", shift, target=4.35)
+    # paired by seed, meta - vanilla at steps 0-2: -0.10, -0.12, -0.14 (mean -0.12, sd 0.02, half 0.049683)
+    files = [write_adapt(tmp_path / f"a{i}.json", shift, target=4.35, last=4.0 - (i >= 3) * 0.3)
              for i, shift in enumerate((0.0, 0.1, 0.2, -0.1, -0.02, 0.06))]
     out = tmp_path / "r" / "report.md"
     compare.main([*map(str, van + met), "--targets", "6.0", "--adapt", ",".join(files), "--out", str(out)])
@@ -278,7 +278,10 @@ def test_adaptation_files_get_paired_intervals_per_text_budget_and_step(tmp_path
     rows = {line.split(" | ")[0].strip("| "): line for line in text.splitlines() if line.startswith("| adapt")}
     assert "## Adaptation to unseen text" in text
     assert rows["adapt tinystories, 4,096 tokens: loss at step 2"].endswith("| -0.12 [-0.17, -0.0703] |")
-    assert rows["adapt tinystories, 4,096 tokens: area (mean loss over log steps)"].endswith("| -0.12 [-0.17, -0.0703] |")
+    assert rows["adapt tinystories, 4,096 tokens: area (mean loss over log steps)"].endswith("| -0.195 [-0.245, -0.145] |")
+    # meta's last step is 0.3 lower on every seed: it learned 1.3 where vanilla learned 1.0
+    drop = rows["adapt tinystories, 4,096 tokens: drop (loss at step 0 minus at the last)"]
+    assert "| 1 ± 0 | 1.3 ± " in drop and drop.endswith("| +0.3 [+0.3, +0.3] |")
     # vanilla reaches 4.35 at steps 2, 4, 4; meta at 2, 2, 4
     assert "| adapt tinystories, 4,096 tokens: steps to loss 4.35 | 3.333 ± 1.2 | 2.667 ± 1.2 |" in text
     with pytest.raises(SystemExit, match="--adapt: 2 files for 6 runs"):

@@ -151,7 +151,7 @@ class Probe:
 
 def figures(sets):
     """{figure: {run dir: value}} from adaptation files ({label: {run dir: this tool's JSON}}): per
-    text and budget, the curve's area, the steps to --target, and the held-out loss at each step."""
+    text and budget, the curve's area, its drop, the steps to --target, and the held-out loss at each step."""
     figs = {}
     for label, by_dir in sets.items():
         budgets = sorted({int(n) for r in by_dir.values() for n in r["budgets"]})
@@ -159,6 +159,9 @@ def figures(sets):
             name = f"adapt {label}, {n:,} tokens"
             runs = {d: r["budgets"].get(str(n)) for d, r in by_dir.items()}
             figs[f"{name}: area (mean loss over log steps)"] = {d: b and b["area"] for d, b in runs.items()}
+            # what fine-tuning learned, whatever the start: an arm that starts worse can still learn faster
+            figs[f"{name}: drop (loss at step 0 minus at the last)"] = {
+                d: b and b["curve"][0]["loss"] - b["curve"][-1]["loss"] for d, b in runs.items()}
             if any(r.get("target") is not None for r in by_dir.values()):
                 figs[f"{name}: steps to loss {next(iter(by_dir.values()))['target']}"] = {
                     d: b and (b["to_target"] or {}).get("step") for d, b in runs.items()}
