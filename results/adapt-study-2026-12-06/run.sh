@@ -23,6 +23,7 @@ python -m tools.study --data-dir data/enwiki8k --arms vanilla,smlmt,smlmt-sep,pi
     --out $S -- --size 11m --device cpu --batch-size 16 --block-size 128 --lr 2e-3 --warmup-steps 30 \
     --save-every 1200 --dtype bfloat16 || exit 1
 for s in 1 2 3; do for a in $ARMS; do mkdir -p $R/$a-s$s && cp $S/$a-s$s/run.json $R/$a-s$s/; done; done
+cp $S/report.md $R/pretraining.md  # tools/study.py's report: the pretraining runs alone
 
 probe() {  # probe LABEL TEXT FLAGS...: one adaptation file per run
   local label=$1 text=$2; shift 2
