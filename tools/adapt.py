@@ -97,8 +97,9 @@ class Probe:
         self.dev = (ids[b : b + a.dev_tokens + 1], nbytes[b : b + a.dev_tokens + 1])
         h = b + a.dev_tokens
         self.heldout = (ids[h : h + a.heldout_tokens + 1], nbytes[h : h + a.heldout_tokens + 1])
-        model = checkpoint.build_model(self.ckpt)
+        model = checkpoint.build_model(self.ckpt, self.device)
         self.flops_per_step = flops_per_token(model.args, self.T, non_emb=count_model(model)[1]) * a.batch_size * self.T
+        self.start = self.score(model, self.heldout)  # step 0 of every curve: the checkpoint itself
 
     def score(self, model, part):
         """(loss, bits per byte) over every window of the part (stride T), as train.py --eval-text scores."""
@@ -119,7 +120,7 @@ class Probe:
         out = {}
         for step in range(a.steps + 1):
             if step in at:
-                out[step] = self.score(model, self.heldout)
+                out[step] = self.start if step == 0 else self.score(model, self.heldout)
             if step == a.steps:
                 break
             x, y = datalib.get_batch(tokens, a.batch_size, self.T, a.seed, budget, step, self.device)
