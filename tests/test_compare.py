@@ -116,11 +116,11 @@ def test_learned_inner_step_sizes_are_reported_per_layer(tmp_path):
     assert "| head | 1 | 2 | 2 (w) | 2 (w) |" in text
 
 
-def write_seed_run(d, seed, final, acc_after, meta=False, task="smlmt"):
+def write_seed_run(d, seed, final, acc_after, meta=False, task="smlmt", flops=1e12):
     """Two evals; the config differs between arms only in --meta, within an arm only in the seed."""
     d.mkdir(parents=True)
     rows = [{"step": 0, "tokens": 0, "flops": 0, "elapsed_s": 0, "val_loss": 9.0, "episode_acc_after": 0.3},
-            {"step": 100, "tokens": 1000, "flops": 1e12, "elapsed_s": 50, "val_loss": final, "episode_acc_after": acc_after,
+            {"step": 100, "tokens": 1000, "flops": flops, "elapsed_s": 50, "val_loss": final, "episode_acc_after": acc_after,
              "eval_text": {"held": {"loss": final + 1, "bpb": final / 4, "unk_frac": 0.01}}}]
     (d / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     meta_d = {"encoding": "cl100k_base", "vocab_size": 8192, "sources": [{"path": "x", "sha256": "abc"}]}
@@ -261,7 +261,7 @@ def write_adapt(path, seed_shift, target=None, last=4.0):
     curve = [{"step": s, "tokens": s * 256, "flops": s * 1e9, "loss": v + seed_shift, "bpb": (v + seed_shift) / 2}
              for s, v in ((0, 5.0), (1, 4.6), (2, 4.3), (4, last))]
     to = next(({k: c[k] for k in ("step", "tokens", "flops")} for c in curve if target and c["loss"] <= target), None)
-    path.write_text(json.dumps({"text": "/x/tinystories.txt", "target": target, "budgets": {
+    path.write_text(json.dumps({"text": "/x/tinystories.txt", "target": target, "step": 100, "flops_per_step": 1e9, "budgets": {
         "4096": {"lr": 1e-3, "curve": curve, "area": float(np.mean([c["loss"] for c in curve])), "to_target": to}}}))
     return str(path)
 
@@ -286,3 +286,21 @@ def test_adaptation_files_get_paired_intervals_per_text_budget_and_step(tmp_path
     assert "| adapt tinystories, 4,096 tokens: steps to loss 4.35 | 3.333 ± 1.2 | 2.667 ± 1.2 |" in text
     with pytest.raises(SystemExit, match="--adapt: 2 files for 6 runs"):
         compare.main([*map(str, van + met), "--adapt", ",".join(files[:2]), "--out", str(out)])
+
+
+def test_equal_total_flops_gives_the_cheaper_pretraining_more_fine_tuning_steps(tmp_path):
+    van = [write_seed_run(tmp_path / f"vanilla-s{s}", s, 5.0, 0.5) for s in (1, 2, 3)]
+    # meta pretrained on 2 fine-tuning steps' FLOPs fewer (1e9 each): its last step (4) is vanilla's step 2
+    met = [write_seed_run(tmp_path / f"meta-s{s}", s, 5.0, 0.6, meta=True, flops=1e12 - 2e9) for s in (1, 2, 3)]
+    files = [write_adapt(tmp_path / f"a{i}.json", shift, last=4.0 - (i >= 3) * 0.3)
+             for i, shift in enumerate((0.0, 0.1, 0.2, -0.1, -0.02, 0.06))]
+    out = tmp_path / "r" / "report.md"
+    compare.main([*map(str, van + met), "--targets", "6.0", "--adapt", ",".join(files), "--out", str(out)])
+    rows = {line.split(" | ")[0].strip("| "): line for line in out.read_text().splitlines() if line.startswith("| ")}
+    # per seed 3.7 + meta shift - (4.3 + vanilla shift): -0.70, -0.72, -0.74
+    assert rows["adapt tinystories, 4,096 tokens: loss at equal total FLOPs"].endswith("| -0.72 [-0.77, -0.67] |")
+    assert rows["pretraining FLOPs (base: 1e+12 ± 0)"].endswith("| -2e+09 [-2e+09, -2e+09] |")
+    # 5 steps cheaper: meta's last step (total 1e12 - 1e9) comes before vanilla finished pretraining
+    far = [write_seed_run(tmp_path / f"far-s{s}", s, 5.0, 0.6, meta=True, flops=1e12 - 5e9) for s in (1, 2, 3)]
+    compare.main([*map(str, van + far), "--targets", "6.0", "--adapt", ",".join(files), "--out", str(out)])
+    assert "| adapt tinystories, 4,096 tokens: loss at equal total FLOPs | - |" in out.read_text()

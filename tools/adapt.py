@@ -187,6 +187,61 @@ def report(arms, sets):
         cells = [mean_sd([vals.get(r["dir"]) for r in rs]) for _, rs in arms]
         cells += [cell(*diff(base, rs, lambda r: vals.get(r["dir"]))) for _, rs in arms[1:]]
         out.append(f"| {fig} | " + " | ".join(cells) + " |")
+    return out + (equal_flops_report(arms, sets) if len(arms) > 1 else [])
+
+
+def pretrain_flops(run, step):
+    """The run's pretraining FLOPs at the checkpoint's step, from its log.jsonl; None if no row is there."""
+    return next((row["flops"] for row in run["log"] if row["step"] == step and "flops" in row), None)
+
+
+def loss_at_flops(result, n, total, start):
+    """The held-out loss of budget n where pretraining (start) plus fine-tuning FLOPs reach total,
+    linear between the curve's steps; None off the curve (before step 0 or past the last)."""
+    s = (total - start) / result["flops_per_step"]
+    curve = result["budgets"][str(n)]["curve"]
+    for p, c in zip(curve, curve[1:]):
+        if p["step"] <= s <= c["step"]:
+            return p["loss"] + (s - p["step"]) / (c["step"] - p["step"]) * (c["loss"] - p["loss"])
+    return None
+
+
+def equal_flops_report(arms, sets):
+    """Each arm against the first at equal total FLOPs, pretraining and fine-tuning together: per
+    seed, both runs' held-out loss where the smaller of their two totals at the last fine-tuning step
+    falls on each curve. A run that pretrained on fewer FLOPs gets that many more fine-tuning steps."""
+    from tools.arms import cell, mean_sd, paired, seed
+    base_name, base = arms[0]
+    runs = [r for _, rs in arms for r in rs]
+    out = ["", "At equal total FLOPs (pretraining + fine-tuning): each arm's held-out loss minus the "
+           f"`{base_name}` run of its seed, both read where the smaller of their totals at the last fine-tuning step "
+           "falls on their curves (linear between the logged steps; '-' where the totals differ by more than the curve "
+           "spans). The first row is the pretraining FLOPs at the checkpoints.", "",
+           "| figure | " + " | ".join(f"{n} − {base_name}" for n, _ in arms[1:]) + " |", "|---" * len(arms) + "|"]
+    label0 = next(iter(sets))
+    start = {r["dir"]: pretrain_flops(r, sets[label0][r["dir"]].get("step")) if r["dir"] in sets[label0] else None
+             for r in runs}
+    cells = [cell(*paired({seed(r): start[r["dir"]] for r in base}, {seed(r): start[r["dir"]] for r in rs}))
+             for _, rs in arms[1:]]
+    out.append(f"| pretraining FLOPs (base: {mean_sd([start[r['dir']] for r in base])}) | " + " | ".join(cells) + " |")
+    for label, by_dir in sets.items():
+        for n in sorted({int(k) for r in by_dir.values() for k in r["budgets"]}):
+            cells = []
+            for _, rs in arms[1:]:
+                mine, theirs = {}, {}
+                for r in rs:
+                    b = next((x for x in base if seed(x) == seed(r)), None)
+                    if b is None or r["dir"] not in by_dir or b["dir"] not in by_dir:
+                        continue
+                    fr, fb = by_dir[r["dir"]], by_dir[b["dir"]]
+                    if None in (start[r["dir"]], start[b["dir"]]) or str(n) not in fr["budgets"] or str(n) not in fb["budgets"]:
+                        continue
+                    last = lambda f, d: start[d] + f["budgets"][str(n)]["curve"][-1]["flops"]
+                    total = min(last(fr, r["dir"]), last(fb, b["dir"]))
+                    mine[seed(r)] = loss_at_flops(fr, n, total, start[r["dir"]])
+                    theirs[seed(r)] = loss_at_flops(fb, n, total, start[b["dir"]])
+                cells.append(cell(*paired(theirs, mine)))
+            out.append(f"| adapt {label}, {n:,} tokens: loss at equal total FLOPs | " + " | ".join(cells) + " |")
     return out
 
 
