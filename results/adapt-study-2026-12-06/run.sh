@@ -8,6 +8,7 @@
 #   adapt   tools/adapt.py on every final checkpoint, three texts the runs never saw, three budgets each
 #   ner     eval_ner.py trained on en_ewt, scored on every UNER test set (tl_trg apart): the head
 #           probe on every run, full fine-tuning on vanilla and smlmt
+#   control vanilla's step-1,200 checkpoints through the same probes (control.py: the drop against the start)
 #   report  tools/compare.py over the 12 runs, with the adaptation and NER files
 set -u
 S=runs/s37
@@ -51,6 +52,21 @@ for s in 1 2 3; do for a in vanilla smlmt; do  # full fine-tuning at the paper's
   [ -f $f ] || python eval_ner.py --uner-dir $U --train en_ewt --mode full --epochs 1 --head-lr 1e-3 \
       --ckpt $S/$a-s$s/ckpt_step2400.pt --out $f || exit 1
 done; done
+
+# The control (control.py): does a meta arm drop more only because it starts higher? Vanilla's
+# step-1,200 checkpoints start higher still; with the step-2,400 ones they give vanilla's drop as a
+# line in the start loss
+control() {  # control LABEL TEXT FLAGS...: as probe, on vanilla's step-1,200 checkpoint
+  local label=$1 text=$2; shift 2
+  for s in 1 2 3; do
+    f=$R/adapt/${label}_vanilla1200-s$s.json
+    [ -f $f ] || python -m tools.adapt --ckpt $S/vanilla-s$s/ckpt_step1200.pt --text $text --out $f "$@" || exit 1
+  done
+}
+control udhr $UD --budgets 256,512,1024 --dev-tokens 384 --heldout-tokens 768 $LRS
+control tinystories $TS --budgets 4096,12288,32768 --dev-tokens 4096 --heldout-tokens 8192 $LRS
+control shakespeare $SH --budgets 4096,16384,65536 --dev-tokens 8192 --heldout-tokens 16384 $LRS
+python $R/control.py > $R/control.md
 
 files() {  # files DIR PREFIX: one per run in the report's order, '-' where a run has none
   local l=""; for a in $ARMS; do for s in 1 2 3; do f=$R/$1/$2_$a-s$s.json; [ -f $f ] && l="$l,$f" || l="$l,-"; done; done
