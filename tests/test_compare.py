@@ -299,6 +299,9 @@ def test_equal_total_flops_gives_the_cheaper_pretraining_more_fine_tuning_steps(
     rows = {line.split(" | ")[0].strip("| "): line for line in out.read_text().splitlines() if line.startswith("| ")}
     # per seed 3.7 + meta shift - (4.3 + vanilla shift): -0.70, -0.72, -0.74
     assert rows["adapt tinystories, 4,096 tokens: loss at equal total FLOPs"].endswith("| -0.72 [-0.77, -0.67] |")
+    # of which vanilla's own steps 2 -> 4: 4.0 - 4.3 on every seed (the last-step difference is -0.42)
+    assert rows["adapt tinystories, 4,096 tokens: of which those steps, on `vanilla`'s own curve (its last step minus "
+                "its equal-FLOPs point)"].endswith("| -0.3 [-0.3, -0.3] |")
     assert rows["pretraining FLOPs (base: 1e+12 ± 0)"].endswith("| -2e+09 [-2e+09, -2e+09] |")
     # 5 steps cheaper: meta's last step (total 1e12 - 1e9) comes before vanilla finished pretraining
     far = [write_seed_run(tmp_path / f"far-s{s}", s, 5.0, 0.6, meta=True, flops=1e12 - 5e9) for s in (1, 2, 3)]

@@ -216,7 +216,9 @@ def equal_flops_report(arms, sets):
     out = ["", "At equal total FLOPs (pretraining + fine-tuning): each arm's held-out loss minus the "
            f"`{base_name}` run of its seed, both read where the smaller of their totals at the last fine-tuning step "
            "falls on their curves (linear between the logged steps; '-' where the totals differ by more than the curve "
-           "spans). The first row is the pretraining FLOPs at the checkpoints.", "",
+           "spans). The first row is the pretraining FLOPs at the checkpoints. An arm that pretrained on fewer FLOPs "
+           "spends them here on more fine-tuning steps; the rows 'of which those steps' give what the same steps are "
+           f"worth to `{base_name}`, so the equal-FLOPs difference is the last-step difference plus that.", "",
            "| figure | " + " | ".join(f"{n} − {base_name}" for n, _ in arms[1:]) + " |", "|---" * len(arms) + "|"]
     label0 = next(iter(sets))
     start = {r["dir"]: pretrain_flops(r, sets[label0][r["dir"]].get("step")) if r["dir"] in sets[label0] else None
@@ -226,9 +228,9 @@ def equal_flops_report(arms, sets):
     out.append(f"| pretraining FLOPs (base: {mean_sd([start[r['dir']] for r in base])}) | " + " | ".join(cells) + " |")
     for label, by_dir in sets.items():
         for n in sorted({int(k) for r in by_dir.values() for k in r["budgets"]}):
-            cells = []
+            cells, steps_worth = [], []
             for _, rs in arms[1:]:
-                mine, theirs = {}, {}
+                mine, theirs, own = {}, {}, {}
                 for r in rs:
                     b = next((x for x in base if seed(x) == seed(r)), None)
                     if b is None or r["dir"] not in by_dir or b["dir"] not in by_dir:
@@ -240,8 +242,14 @@ def equal_flops_report(arms, sets):
                     total = min(last(fr, r["dir"]), last(fb, b["dir"]))
                     mine[seed(r)] = loss_at_flops(fr, n, total, start[r["dir"]])
                     theirs[seed(r)] = loss_at_flops(fb, n, total, start[b["dir"]])
+                    own[seed(r)] = fb["budgets"][str(n)]["curve"][-1]["loss"]
                 cells.append(cell(*paired(theirs, mine)))
+                steps_worth.append(cell(*paired(theirs, own)))
             out.append(f"| adapt {label}, {n:,} tokens: loss at equal total FLOPs | " + " | ".join(cells) + " |")
+            # the equal-FLOPs difference is the last-step difference plus this: what the fine-tuning
+            # steps the cheaper pretraining paid for would have bought the first arm itself
+            out.append(f"| adapt {label}, {n:,} tokens: of which those steps, on `{base_name}`'s own curve "
+                       f"(its last step minus its equal-FLOPs point) | " + " | ".join(steps_worth) + " |")
     return out
 
 
