@@ -262,7 +262,7 @@ def write_adapt(path, seed_shift, target=None, last=4.0):
              for s, v in ((0, 5.0), (1, 4.6), (2, 4.3), (4, last))]
     to = next(({k: c[k] for k in ("step", "tokens", "flops")} for c in curve if target and c["loss"] <= target), None)
     path.write_text(json.dumps({"text": "/x/tinystories.txt", "target": target, "step": 100, "flops_per_step": 1e9, "budgets": {
-        "4096": {"lr": 1e-3, "curve": curve, "area": float(np.mean([c["loss"] for c in curve])), "to_target": to}}}))
+        "4096": {"lr": 1e-3, "dev_loss": {"0.001": last + seed_shift, "0.003": 6.0 - 2 * seed_shift}, "curve": curve, "area": float(np.mean([c["loss"] for c in curve])), "to_target": to}}}))
     return str(path)
 
 
@@ -282,6 +282,8 @@ def test_adaptation_files_get_paired_intervals_per_text_budget_and_step(tmp_path
     # meta's last step is 0.3 lower on every seed: it learned 1.3 where vanilla learned 1.0
     drop = rows["adapt tinystories, 4,096 tokens: drop (loss at step 0 minus at the last)"]
     assert "| 1 ± 0 | 1.3 ± " in drop and drop.endswith("| +0.3 [+0.3, +0.3] |")
+    # each lr of the grid on dev, paired: at 3e-3 meta minus vanilla is -2 x the shift difference (+0.2, +0.24, +0.28)
+    assert rows["adapt tinystories, 4,096 tokens: dev loss at the last step, lr 0.003"].endswith("| +0.24 [+0.141, +0.339] |")
     # vanilla reaches 4.35 at steps 2, 4, 4; meta at 2, 2, 4
     assert "| adapt tinystories, 4,096 tokens: steps to loss 4.35 | 3.333 ± 1.2 | 2.667 ± 1.2 |" in text
     with pytest.raises(SystemExit, match="--adapt: 2 files for 6 runs"):

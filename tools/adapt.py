@@ -166,6 +166,10 @@ def figures(sets):
             if any(r.get("target") is not None for r in by_dir.values()):
                 figs[f"{name}: steps to loss {next(iter(by_dir.values()))['target']}"] = {
                     d: b and (b["to_target"] or {}).get("step") for d, b in runs.items()}
+            # every lr of the grid at the last step, on dev: how an arm fares away from its best lr
+            for lr in sorted({k for b in runs.values() if b for k in b.get("dev_loss", {})}, key=float):
+                figs[f"{name}: dev loss at the last step, lr {lr}"] = {
+                    d: b and b.get("dev_loss", {}).get(lr) for d, b in runs.items()}
             steps = sorted({c["step"] for b in runs.values() if b for c in b["curve"]})
             for s in steps:
                 figs[f"{name}: loss at step {s}"] = {
