@@ -55,7 +55,7 @@ done; done
 
 # The control (control.py): does a meta arm drop more only because it starts higher? Vanilla's
 # step-1,200 checkpoints start higher still; with the step-2,400 ones they give vanilla's drop as a
-# line in the start loss
+# line in the start loss (UDHR and TinyStories: the session had no time for Shakespeare)
 control() {  # control LABEL TEXT FLAGS...: as probe, on vanilla's step-1,200 checkpoint
   local label=$1 text=$2; shift 2
   for s in 1 2 3; do
@@ -65,7 +65,6 @@ control() {  # control LABEL TEXT FLAGS...: as probe, on vanilla's step-1,200 ch
 }
 control udhr $UD --budgets 256,512,1024 --dev-tokens 384 --heldout-tokens 768 $LRS
 control tinystories $TS --budgets 4096,12288,32768 --dev-tokens 4096 --heldout-tokens 8192 $LRS
-control shakespeare $SH --budgets 4096,16384,65536 --dev-tokens 8192 --heldout-tokens 16384 $LRS
 python $R/control.py > $R/control.md
 
 files() {  # files DIR PREFIX: one per run in the report's order, '-' where a run has none
