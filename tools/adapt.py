@@ -194,28 +194,13 @@ def report(arms, sets):
     return out + (equal_flops_report(arms, sets) if len(arms) > 1 else [])
 
 
-def pretrain_flops(run, step):
-    """The run's pretraining FLOPs at the checkpoint's step, from its log.jsonl; None if no row is there."""
-    return next((row["flops"] for row in run["log"] if row["step"] == step and "flops" in row), None)
-
-
-def loss_at_flops(result, n, total, start):
-    """The held-out loss of budget n where pretraining (start) plus fine-tuning FLOPs reach total,
-    linear between the curve's steps; None off the curve (before step 0 or past the last)."""
-    s = (total - start) / result["flops_per_step"]
-    curve = result["budgets"][str(n)]["curve"]
-    for p, c in zip(curve, curve[1:]):
-        if p["step"] <= s <= c["step"]:
-            return p["loss"] + (s - p["step"]) / (c["step"] - p["step"]) * (c["loss"] - p["loss"])
-    return None
-
-
 def equal_flops_report(arms, sets):
     """Each arm against the first at equal total FLOPs, pretraining and fine-tuning together: per
     seed, both runs' held-out loss where the smaller of their two totals at the last fine-tuning step
     falls on each curve. A run that pretrained on fewer FLOPs gets that many more fine-tuning steps."""
-    from tools.arms import cell, mean_sd, paired, seed
+    from tools.arms import at, cell, mean_sd, paired, seed
     base_name, base = arms[0]
+    base_of = {seed(b): b for b in base}
     runs = [r for _, rs in arms for r in rs]
     out = ["", "At equal total FLOPs (pretraining + fine-tuning): each arm's held-out loss minus the "
            f"`{base_name}` run of its seed, both read where the smaller of their totals at the last fine-tuning step "
@@ -224,9 +209,11 @@ def equal_flops_report(arms, sets):
            "spends them here on more fine-tuning steps; the rows 'of which those steps' give what the same steps are "
            f"worth to `{base_name}`, so the equal-FLOPs difference is the last-step difference plus that.", "",
            "| figure | " + " | ".join(f"{n} − {base_name}" for n, _ in arms[1:]) + " |", "|---" * len(arms) + "|"]
-    label0 = next(iter(sets))
-    start = {r["dir"]: pretrain_flops(r, sets[label0][r["dir"]].get("step")) if r["dir"] in sets[label0] else None
-             for r in runs}
+    # the pretraining FLOPs at the checkpoint's step (any text's file names it), from the run's log
+    step = {r["dir"]: next((by_dir[r["dir"]].get("step") for by_dir in sets.values() if r["dir"] in by_dir), None)
+            for r in runs}
+    start = {r["dir"]: at(r["log"], "step", step[r["dir"]], lambda row: row.get("flops"))
+             if step[r["dir"]] is not None else None for r in runs}
     cells = [cell(*paired({seed(r): start[r["dir"]] for r in base}, {seed(r): start[r["dir"]] for r in rs}))
              for _, rs in arms[1:]]
     out.append(f"| pretraining FLOPs (base: {mean_sd([start[r['dir']] for r in base])}) | " + " | ".join(cells) + " |")
@@ -236,17 +223,19 @@ def equal_flops_report(arms, sets):
             for _, rs in arms[1:]:
                 mine, theirs, own = {}, {}, {}
                 for r in rs:
-                    b = next((x for x in base if seed(x) == seed(r)), None)
+                    b = base_of.get(seed(r))
                     if b is None or r["dir"] not in by_dir or b["dir"] not in by_dir:
                         continue
                     fr, fb = by_dir[r["dir"]], by_dir[b["dir"]]
                     if None in (start[r["dir"]], start[b["dir"]]) or str(n) not in fr["budgets"] or str(n) not in fb["budgets"]:
                         continue
-                    last = lambda f, d: start[d] + f["budgets"][str(n)]["curve"][-1]["flops"]
-                    total = min(last(fr, r["dir"]), last(fb, b["dir"]))
-                    mine[seed(r)] = loss_at_flops(fr, n, total, start[r["dir"]])
-                    theirs[seed(r)] = loss_at_flops(fb, n, total, start[b["dir"]])
-                    own[seed(r)] = fb["budgets"][str(n)]["curve"][-1]["loss"]
+                    cr, cb = fr["budgets"][str(n)]["curve"], fb["budgets"][str(n)]["curve"]
+                    total = min(start[r["dir"]] + cr[-1]["flops"], start[b["dir"]] + cb[-1]["flops"])
+                    # each curve's fine-tuning FLOPs at that total, linear between its logged steps
+                    loss = lambda c: c["loss"]
+                    mine[seed(r)] = at(cr, "flops", total - start[r["dir"]], loss)
+                    theirs[seed(r)] = at(cb, "flops", total - start[b["dir"]], loss)
+                    own[seed(r)] = cb[-1]["loss"]
                 cells.append(cell(*paired(theirs, mine)))
                 steps_worth.append(cell(*paired(theirs, own)))
             out.append(f"| adapt {label}, {n:,} tokens: loss at equal total FLOPs | " + " | ".join(cells) + " |")
